@@ -1,0 +1,43 @@
+# The two commands a new user needs: `make run` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+DB     ?= data/events.db
+HOST   ?= 127.0.0.1
+PORT   ?= 5000
+
+.PHONY: run test lint format bench chromium clean-db
+
+$(VENV)/.runtime: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+## run: create the venv and database if missing, seed sample data into an empty database, serve on 127.0.0.1:5000
+run: $(VENV)/.runtime
+	$(PY) -m app migrate --db $(DB)
+	@if [ -f generate_events.py ]; then $(PY) generate_events.py --db $(DB) --if-empty; fi
+	$(PY) -m app serve --db $(DB) --host $(HOST) --port $(PORT)
+
+## test: the whole test suite, browser tests included (installs Chromium when missing)
+test: $(VENV)/.dev chromium
+	$(PY) -m pytest
+
+chromium:
+	@scripts/ensure-chromium
+
+lint: $(VENV)/.dev
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(VENV)/.dev
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+bench: $(VENV)/.dev
+	$(PY) bench/run.py

@@ -1,0 +1,121 @@
+"""Settings: one table of (name, default, environment variable, help).
+
+Every setting can come from the environment (``ANALYTICS_*``) and from a command-line
+flag; flags win. ``create_app`` never reads the environment itself, so tests pass a
+``Config`` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    return tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+
+    @property
+    def env(self) -> str:
+        return "ANALYTICS_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("db", "data/events.db", str, "SQLite database file"),
+    Setting("host", "127.0.0.1", str, "address to listen on"),
+    Setting("port", 5000, int, "port to listen on"),
+    Setting("admin_token", "", str, "bearer token for /admin/*; empty disables the admin API"),
+    Setting("cors_origins", (), _origins, "comma-separated origins allowed cross-origin, or *"),
+    Setting("reconcile_minutes", 10.0, float, "minutes between rollup reconciliations; 0 disables"),
+    Setting("queue_max_events", 20_000, int, "events that may wait for the writer before 503"),
+    Setting("commit_max_events", 5_000, int, "most events group-committed in one transaction"),
+    Setting(
+        "busy_timeout_ms", 5_000, int, "how long a write waits for a locked database before 503"
+    ),
+    Setting("synchronous", "FULL", str, "SQLite synchronous mode: FULL (power-cut safe) or NORMAL"),
+    Setting("idempotency_hours", 24.0, float, "how long Idempotency-Key replays are remembered"),
+    Setting("log_level", "INFO", str, "logging level"),
+    Setting("access_log", True, _bool, "log one line per request"),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    db: str = "data/events.db"
+    host: str = "127.0.0.1"
+    port: int = 5000
+    admin_token: str = ""
+    cors_origins: tuple[str, ...] = ()
+    reconcile_minutes: float = 10.0
+    queue_max_events: int = 20_000
+    commit_max_events: int = 5_000
+    busy_timeout_ms: int = 5_000
+    synchronous: str = "FULL"
+    idempotency_hours: float = 24.0
+    log_level: str = "INFO"
+    access_log: bool = True
+
+    def __post_init__(self) -> None:
+        if self.synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
+            raise ValueError("synchronous must be FULL, NORMAL or EXTRA")
+        if self.queue_max_events < 1 or self.commit_max_events < 1:
+            raise ValueError("queue_max_events and commit_max_events must be positive")
+
+    def __repr__(self) -> str:  # never print the admin token
+        fields = dataclasses.asdict(self)
+        if fields["admin_token"]:
+            fields["admin_token"] = "***"
+        return "Config(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """Add a flag per setting (all of them, or only ``names``); defaults stay unset."""
+    for setting in SETTINGS:
+        if names is None or setting.name in names:
+            parser.add_argument(
+                setting.flag,
+                dest=setting.name,
+                default=None,
+                help=f"{setting.help} (env {setting.env}, default {setting.default!r})",
+            )
+
+
+def load(args: argparse.Namespace | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Build a Config from defaults, then the environment, then command-line flags."""
+    environ = dict(os.environ) if environ is None else environ
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = getattr(args, setting.name, None) if args is not None else None
+        if raw is None:
+            raw = environ.get(setting.env)
+        if raw is None:
+            continue
+        try:
+            values[setting.name] = setting.parse(raw)
+        except ValueError as exc:
+            raise SystemExit(f"invalid {setting.flag} / {setting.env}: {exc}") from None
+    return Config(**values)

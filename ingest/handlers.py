@@ -1,0 +1,205 @@
+"""``POST /events`` and ``POST /events/batch``: read, validate, queue for the writer, answer 202.
+
+Nothing here writes to the database: the writer commits, and a 202 is only sent after
+its commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from typing import Any
+
+import orjson
+import uuid_utils
+from aiohttp import web
+
+from ingest.writer import (
+    IdempotencyConflictError,
+    QueueFullError,
+    Writer,
+    WriterClosedError,
+    WriteRequest,
+)
+from schema.events import (
+    MAX_BATCH_BODY_BYTES,
+    MAX_EVENT_BODY_BYTES,
+    Event,
+    check_batch,
+    check_event,
+)
+from schema.problems import Problem, bad_request
+from schema.store import EventRow, SQLiteStore, is_busy
+from schema.timestamps import format_ts, now
+
+STORE = web.AppKey("store", SQLiteStore)
+WRITER = web.AppKey("writer", Writer)
+BODY_TIMEOUT = web.AppKey("body_timeout", float)
+
+JSON_TYPES = {"application/json", "text/plain"}  # text/plain is what sendBeacon sends
+_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+RETRY_AFTER = {"Retry-After": "1"}
+
+
+async def post_event(request: web.Request) -> web.Response:
+    """Store one event; 202 ``{"event_id", "timestamp"}`` once committed."""
+    body = await _read_json(request, MAX_EVENT_BODY_BYTES)
+    event, errors = check_event(body)
+    if errors:
+        raise bad_request(errors)
+    assert event is not None
+    return await _ingest(request, body, [(event, body["payload"])], batch=False)
+
+
+async def post_batch(request: web.Request) -> web.Response:
+    """Store 1–1000 events all or nothing; 202 ``{"accepted", "events"}`` in request order."""
+    body = await _read_json(request, MAX_BATCH_BODY_BYTES)
+    events, errors = check_batch(body)
+    if errors:
+        raise bad_request(errors)
+    pairs = [(event, raw["payload"]) for event, raw in zip(events, body["events"], strict=True)]
+    return await _ingest(request, body, pairs, batch=True)
+
+
+async def _ingest(
+    request: web.Request, body: Any, events: list[tuple[Event, dict[str, Any]]], *, batch: bool
+) -> web.Response:
+    key = _idempotency_key(request)
+    digest = _request_hash(request.path, body) if key else None
+    store = request.app[STORE]
+    if key:  # fast path for a retry of a committed request: no trip through the writer
+        prior = (await store.find_keys([key])).get(key)
+        if prior is not None:
+            return _replay(prior, digest)
+
+    received = now()
+    timestamp = format_ts(received)
+    rows: list[EventRow] = [
+        (str(uuid_utils.uuid7()), event.user_id, event.event_type, timestamp, _dumps(payload))
+        for event, payload in events
+    ]
+    accepted = [{"event_id": row[0], "timestamp": timestamp} for row in rows]
+    answer: Any = {"accepted": len(rows), "events": accepted} if batch else accepted[0]
+    write = WriteRequest(
+        rows=rows,
+        response=orjson.dumps(answer).decode(),
+        key=key,
+        request_hash=digest,
+        created_at=timestamp,
+    )
+    try:
+        response = await request.app[WRITER].submit(write)
+    except QueueFullError:
+        raise Problem(
+            503, "too many events are waiting to be written; retry shortly", headers=RETRY_AFTER
+        ) from None
+    except WriterClosedError:
+        raise Problem(
+            503, "the service is shutting down; retry shortly", headers=RETRY_AFTER
+        ) from None
+    except IdempotencyConflictError:
+        raise _key_conflict() from None
+    except Exception as exc:
+        if is_busy(exc):
+            raise Problem(503, "the database is busy; retry shortly", headers=RETRY_AFTER) from exc
+        raise
+    return _accepted(response)
+
+
+def _replay(prior: tuple[bytes, str], digest: bytes | None) -> web.Response:
+    stored_hash, response = prior
+    if stored_hash != digest:
+        raise _key_conflict()
+    return _accepted(response)
+
+
+def _key_conflict() -> Problem:
+    return Problem(
+        422,
+        "this Idempotency-Key was already used with a different request body",
+        [{"field": "Idempotency-Key", "message": "was already used with a different request body"}],
+    )
+
+
+def _accepted(body: str) -> web.Response:
+    return web.Response(status=202, text=body, content_type="application/json")
+
+
+def _dumps(payload: dict[str, Any]) -> str:
+    return orjson.dumps(payload).decode()
+
+
+def _request_hash(path: str, body: Any) -> bytes:
+    """Key order and whitespace do not make a different request; the endpoint does."""
+    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(path.encode() + b"\n" + canonical).digest()
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    values = request.headers.getall("Idempotency-Key", [])
+    if not values:
+        return None
+    if len(values) > 1 or not _KEY.match(values[0]):
+        raise Problem(
+            400,
+            "Idempotency-Key must be one header of 1 to 255 visible ASCII characters",
+            [{"field": "Idempotency-Key", "message": "must be 1 to 255 visible ASCII characters"}],
+        )
+    return values[0]
+
+
+async def _read_json(request: web.Request, limit: int) -> Any:
+    """The body as JSON, after checking its content type and size."""
+    if request.content_type not in JSON_TYPES:
+        raise Problem(
+            415,
+            f"Content-Type must be application/json or text/plain, not {request.content_type!r}",
+            [{"field": "Content-Type", "message": "must be application/json or text/plain"}],
+        )
+    charset = request.charset
+    if charset and charset.lower().replace("_", "-") not in {"utf-8", "utf8"}:
+        raise Problem(
+            415,
+            "the body must be UTF-8 encoded",
+            [{"field": "Content-Type", "message": "charset must be utf-8"}],
+        )
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    try:
+        async with asyncio.timeout(request.app[BODY_TIMEOUT]):
+            raw = await _read_limited(request, limit)
+    except TimeoutError:
+        raise Problem(408, "the request body did not arrive in time") from None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Problem(
+            400,
+            f"the body is not valid JSON: {exc.msg}",
+            [{"field": "body", "message": f"is not valid JSON: {exc.msg}"}],
+        ) from None
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    chunks = []
+    size = 0
+    while chunk := await request.content.read(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> Problem:
+    return Problem(
+        413,
+        f"the body must be at most {limit} bytes",
+        [{"field": "body", "message": f"must be at most {limit} bytes"}],
+    )
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_post("/events", post_event)
+    app.router.add_post("/events/batch", post_batch)

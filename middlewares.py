@@ -1,0 +1,114 @@
+"""Cross-cutting HTTP behaviour: problem+json errors, CORS, and the access log."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from pydantic import ValidationError
+
+from schema.problems import Problem, problem_response, summary, validation_errors
+
+log = logging.getLogger("analytics.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_KEEP_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
+_DETAILS = {
+    404: "no such endpoint: {method} {path}",
+    405: "{method} is not allowed on {path}",
+}
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every error into application/problem+json; never leak internals."""
+    try:
+        return await handler(request)
+    except Problem as exc:
+        if exc.status >= 500:
+            log.warning(
+                "%s %s: %s", request.method, request.path, exc.detail, exc_info=exc.__cause__
+            )
+        return problem_response(exc.status, exc.detail, exc.errors, exc.headers)
+    except ValidationError as exc:
+        errors = validation_errors(exc)
+        return problem_response(400, summary(errors), errors)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        template = _DETAILS.get(exc.status)
+        detail = (
+            template.format(method=request.method, path=request.path) if template else exc.reason
+        )
+        headers = {h: exc.headers[h] for h in _KEEP_HEADERS if h in exc.headers}
+        return problem_response(exc.status, detail, headers=headers)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return problem_response(500, "internal server error; the cause is in the server log")
+
+
+def cors_middleware(allowed: tuple[str, ...]) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """CORS for the ingestion and analytics endpoints; ``allowed`` may contain ``*``."""
+    any_origin = "*" in allowed
+    prefixes = ("/events", "/analytics/")
+
+    def allow(origin: str) -> str | None:
+        if any_origin:
+            return "*"
+        return origin if origin.rstrip("/") in allowed else None
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if origin is None or not request.path.startswith(prefixes):
+            return await handler(request)
+        permitted = allow(origin)
+        preflight = (
+            request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+        )
+        if preflight:
+            methods = await _methods_of(request)
+            if not methods:
+                return await handler(request)  # unknown path: 404
+            response = web.Response(status=204)
+            if permitted:
+                response.headers.update(
+                    {
+                        "Access-Control-Allow-Origin": permitted,
+                        "Access-Control-Allow-Methods": ", ".join(methods),
+                        "Access-Control-Allow-Headers": "Content-Type, Idempotency-Key",
+                        "Access-Control-Max-Age": "600",
+                    }
+                )
+            if permitted != "*":
+                response.headers["Vary"] = "Origin"
+            return response
+        response = await handler(request)
+        if permitted:
+            response.headers["Access-Control-Allow-Origin"] = permitted
+            if permitted != "*":
+                response.headers["Vary"] = "Origin"
+        return response
+
+    return middleware
+
+
+async def _methods_of(request: web.Request) -> list[str]:
+    """The methods the router serves at this request's path (empty if none)."""
+    for resource in request.app.router.resources():
+        _, allowed = await resource.resolve(request)
+        if allowed:
+            return sorted(m for m in allowed if m not in {"HEAD", "OPTIONS"})
+    return []
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request: method, path, status and duration."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            "%s %s %s %.1fms", request.method, request.path, response.status, time * 1000
+        )

@@ -1,0 +1,66 @@
+"""Create or upgrade the database: numbered ``migrations/NNNN_*.sql`` files above
+``PRAGMA user_version`` are applied in order, each in its own transaction together
+with the new version number, so a failed migration leaves the database as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+class SchemaTooNewError(RuntimeError):
+    """The database was written by a newer version of the service."""
+
+
+def migrations() -> list[tuple[int, Path]]:
+    found = []
+    for path in sorted(MIGRATIONS_DIR.iterdir()):
+        match = _NAME.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    numbers = [n for n, _ in found]
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise RuntimeError(f"migrations must be numbered 1..N without gaps, found {numbers}")
+    return found
+
+
+def latest_version() -> int:
+    return len(migrations())
+
+
+def migrate(db_path: str | Path) -> int:
+    """Bring the database at ``db_path`` to the latest schema; return its version."""
+    path = Path(db_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        current = conn.execute("PRAGMA user_version").fetchone()[0]
+        known = migrations()
+        if current > len(known):
+            raise SchemaTooNewError(
+                f"{path} has schema version {current}, this service knows up to {len(known)}"
+            )
+        for number, file in known[current:]:
+            script = file.read_text(encoding="utf-8")
+            # executescript() commits on its own, so the transaction is spelled out.
+            try:
+                conn.executescript(
+                    f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
+                )
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            log.info("applied migration %s", file.name)
+        return conn.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        conn.close()

@@ -1,0 +1,146 @@
+"""RFC 9457 problem details: the one shape of every error answer.
+
+``problem()`` builds the body; callers may add keys but never remove these:
+``type``, ``title``, ``status``, ``detail`` and ``errors`` (a list of
+``{"field", "message"}``, every problem found, not only the first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import ValidationError
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+_SERVER_OWNED = {"event_id", "timestamp"}
+_EVENT_TYPES = ("view", "click", "location")
+
+
+class Problem(Exception):
+    """Raise from a handler to answer with a problem+json body."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        errors: Sequence[dict[str, str]] = (),
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = list(errors)
+        self.headers = headers or {}
+
+
+def problem_body(status: int, detail: str, errors: Iterable[dict[str, str]] = ()) -> dict[str, Any]:
+    return {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "errors": list(errors),
+    }
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    errors: Iterable[dict[str, str]] = (),
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps(problem_body(status, detail, errors)),
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers=headers,
+    )
+
+
+def field_path(loc: Sequence[int | str], prefix: str = "") -> str:
+    """``("events", 3, "payload", "url")`` → ``events[3].payload.url``."""
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "body"
+
+
+def _strip_union_tags(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """Pydantic puts the discriminator value into the path (``("view", "payload")``); drop it."""
+    out: list[int | str] = []
+    for i, part in enumerate(loc):
+        after_event = i == 0 or isinstance(loc[i - 1], int)
+        if after_event and part in _EVENT_TYPES and i + 1 < len(loc):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _message(error: dict[str, Any], field: str) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    name = field.rsplit(".", 1)[-1]
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        if name in _SERVER_OWNED:
+            return "is assigned by the server and must not be sent"
+        return "is not an allowed field"
+    if kind == "union_tag_invalid":
+        return "must be one of 'view', 'click', 'location'"
+    if kind == "union_tag_not_found":
+        return "is required (one of 'view', 'click', 'location')"
+    if kind in {"string_type", "str_type"}:
+        return "must be a string"
+    if kind in {"float_type", "int_type"}:
+        return "must be a number"
+    if kind == "finite_number":
+        return "must be a finite number"
+    if kind in {"dict_type", "model_type", "model_attributes_type"}:
+        return "must be an object"
+    if kind == "list_type":
+        return "must be an array"
+    if kind == "string_too_short":
+        n = ctx.get("min_length", 1)
+        return "must not be empty" if n == 1 else f"must be at least {n} characters"
+    if kind == "string_too_long":
+        return f"must be at most {ctx.get('max_length')} characters"
+    if kind == "too_short":
+        return f"must have at least {ctx.get('min_length')} items"
+    if kind == "too_long":
+        return f"must have at most {ctx.get('max_length')} items"
+    if kind == "literal_error":
+        return f"must be {ctx.get('expected')}"
+    return str(error["msg"])
+
+
+def validation_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, str]]:
+    """Every error of a pydantic ValidationError as ``{"field", "message"}``."""
+    errors = []
+    seen = set()
+    for error in exc.errors(include_url=False, include_input=False):
+        field = field_path(_strip_union_tags(tuple(error["loc"])), prefix)
+        message = _message(error, field)
+        if (field, message) not in seen:
+            seen.add((field, message))
+            errors.append({"field": field, "message": message})
+    return errors
+
+
+def summary(errors: Sequence[dict[str, str]]) -> str:
+    """A one-line ``detail`` naming the first problems."""
+    parts = [f"{e['field']} {e['message']}" for e in errors[:3]]
+    more = len(errors) - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def bad_request(errors: Sequence[dict[str, str]]) -> Problem:
+    return Problem(400, summary(errors), errors)

@@ -1,0 +1,226 @@
+"""All SQL of the running service, behind one small storage interface.
+
+``SQLiteStore`` owns two aiosqlite connections: a writer (used only by the ingest
+writer and rollup repairs, so there is only ever one writer) and a reader for
+queries. A PostgreSQL backend would implement the same methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+from rollup.apply import daily_deltas
+
+log = logging.getLogger(__name__)
+
+# A log row: (event_id, user_id, event_type, timestamp, payload JSON).
+EventRow = tuple[str, str, str, str, str]
+# An idempotency row: (key, request_hash, response JSON, created_at).
+KeyRow = tuple[str, bytes, str, str]
+
+# Sentinels that sort before and after every day / timestamp string.
+LOWEST = ""
+HIGHEST = "~"
+
+INSERT_EVENTS_SQL = (
+    "INSERT INTO events (event_id, user_id, event_type, timestamp, payload) VALUES (?, ?, ?, ?, ?)"
+)
+ADD_TO_ROLLUP_SQL = """
+INSERT INTO daily_event_counts (day, event_type, count) VALUES (?, ?, ?)
+ON CONFLICT (day, event_type) DO UPDATE SET count = count + excluded.count
+"""
+INSERT_KEYS_SQL = (
+    "INSERT INTO idempotency_keys (key, request_hash, response, created_at) VALUES (?, ?, ?, ?)"
+)
+FIND_KEYS_SQL = "SELECT key, request_hash, response FROM idempotency_keys WHERE key IN ({marks})"
+SUM_ROLLUP_SQL = """
+SELECT event_type, SUM(count) FROM daily_event_counts
+WHERE day >= ? AND day < ? GROUP BY event_type
+"""
+ROLLUP_BY_DAY_SQL = """
+SELECT day, event_type, count FROM daily_event_counts WHERE day >= ? AND day < ?
+"""
+# Uses the (event_type, timestamp) index: one index range per type, never the table.
+COUNT_LOG_SQL = """
+SELECT event_type, COUNT(*) FROM events
+WHERE event_type IN ({marks}) AND timestamp >= ? AND timestamp < ?
+GROUP BY event_type
+"""
+LAST_DAY_SQL = "SELECT MAX(day) FROM daily_event_counts"
+
+
+@dataclass(frozen=True)
+class LogSlice:
+    """Part of one UTC day, ``[lo, hi)`` as timestamp strings, counted from the log."""
+
+    day: str
+    lo: str
+    hi: str | None
+
+
+@dataclass(frozen=True)
+class CountPlan:
+    """Whole days ``[first_day, end_day)`` from the rollup plus partial days from the log.
+
+    A None day is unbounded on that side; ``first_day == end_day`` means no whole days.
+    """
+
+    first_day: str | None
+    end_day: str | None
+    slices: tuple[LogSlice, ...]
+    empty: bool = False
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+class StorageBusyError(Exception):
+    """The database stayed locked past the busy timeout."""
+
+
+def is_busy(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "locked" in str(exc) or "busy" in str(exc)
+    )
+
+
+class SQLiteStore:
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000):
+        self.path = str(path)
+        self.synchronous = synchronous.upper()
+        self.busy_timeout_ms = busy_timeout_ms
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+
+    async def _connect(self, *, cache_mib: int) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        await conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        await conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        await conn.execute(f"PRAGMA cache_size = {-1024 * cache_mib}")
+        await conn.execute("PRAGMA temp_store = MEMORY")
+        return conn
+
+    async def open(self) -> None:
+        self._writer = await self._connect(cache_mib=32)
+        self._reader = await self._connect(cache_mib=16)
+        await self._reader.execute("PRAGMA query_only = ON")
+
+    async def close(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    @property
+    def writer(self) -> aiosqlite.Connection:
+        assert self._writer is not None, "store is not open"
+        return self._writer
+
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        assert self._reader is not None, "store is not open"
+        return self._reader
+
+    # --- writing -------------------------------------------------------------------
+
+    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = ()) -> None:
+        """Append events, add them to the daily rollup and record idempotency keys,
+        all in one transaction: either everything is committed or nothing is."""
+        conn = self.writer
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            if rows:
+                await conn.executemany(INSERT_EVENTS_SQL, rows)
+                await conn.executemany(ADD_TO_ROLLUP_SQL, daily_deltas(rows))
+            if keys:
+                await conn.executemany(INSERT_KEYS_SQL, keys)
+            await conn.execute("COMMIT")
+        except BaseException:
+            await self._rollback(conn)
+            raise
+
+    @staticmethod
+    async def _rollback(conn: aiosqlite.Connection) -> None:
+        try:
+            if conn.in_transaction:
+                await conn.execute("ROLLBACK")
+        except sqlite3.Error:  # the original error matters more
+            log.exception("rollback failed")
+
+    async def find_keys(
+        self, keys: Sequence[str], *, use_writer: bool = False
+    ) -> dict[str, tuple[bytes, str]]:
+        """Stored ``(request_hash, response)`` for those of ``keys`` already used."""
+        if not keys:
+            return {}
+        conn = self.writer if use_writer else self.reader
+        sql = FIND_KEYS_SQL.format(marks=_marks(len(keys)))
+        async with conn.execute(sql, list(keys)) as cursor:
+            return {key: (digest, response) async for key, digest, response in cursor}
+
+    # --- reading -------------------------------------------------------------------
+
+    async def count(self, plan: CountPlan, types: Iterable[str]) -> dict[str, int]:
+        """Events per type for the plan: rollup rows for whole days, the log for slices.
+        One read transaction, so a commit in between cannot be counted half."""
+        per_day = await self.count_by_day(plan, types, whole_days_total=True)
+        totals: dict[str, int] = {}
+        for (_, event_type), n in per_day.items():
+            totals[event_type] = totals.get(event_type, 0) + n
+        return totals
+
+    async def count_by_day(
+        self, plan: CountPlan, types: Iterable[str], *, whole_days_total: bool = False
+    ) -> dict[tuple[str, str], int]:
+        """``{(day, event_type): n}``; with ``whole_days_total`` the whole days are
+        summed into one pseudo-day ``""`` (cheaper: no row per day)."""
+        wanted = tuple(types)
+        if plan.empty or not wanted:
+            return {}
+        conn = self.reader
+        counts: dict[tuple[str, str], int] = {}
+        day_range = (plan.first_day or LOWEST, plan.end_day or HIGHEST)
+        whole = plan.first_day is None or plan.end_day is None or plan.first_day < plan.end_day
+        in_transaction = bool(plan.slices) and whole
+        if in_transaction:
+            await conn.execute("BEGIN")
+        try:
+            if whole:
+                if whole_days_total:
+                    async with conn.execute(SUM_ROLLUP_SQL, day_range) as cursor:
+                        async for event_type, n in cursor:
+                            if event_type in wanted and n:
+                                counts[("", event_type)] = n
+                else:
+                    async with conn.execute(ROLLUP_BY_DAY_SQL, day_range) as cursor:
+                        async for day, event_type, n in cursor:
+                            if event_type in wanted and n:
+                                counts[(day, event_type)] = n
+            sql = COUNT_LOG_SQL.format(marks=_marks(len(wanted)))
+            for part in plan.slices:
+                args = (*wanted, part.lo, part.hi or HIGHEST)
+                async with conn.execute(sql, args) as cursor:
+                    async for event_type, n in cursor:
+                        if n:
+                            key = (part.day, event_type)
+                            counts[key] = counts.get(key, 0) + n
+        finally:
+            if in_transaction:
+                await conn.execute("COMMIT")
+        return counts
+
+    async def last_day_with_data(self) -> str | None:
+        async with self.reader.execute(LAST_DAY_SQL) as cursor:
+            row = await cursor.fetchone()
+        return row[0] if row else None
+
+    async def ping(self) -> bool:
+        async with self.reader.execute("SELECT 1") as cursor:
+            return (await cursor.fetchone()) == (1,)

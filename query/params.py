@@ -28,12 +28,14 @@ MAX_PARAM_CHARS = 64
 
 @dataclass(frozen=True)
 class Bound:
-    """A parsed bound: ``at`` is the UTC instant (None when outside datetime's range),
+    """A parsed bound: ``at`` is the UTC instant truncated to microseconds (None when
+    outside datetime's range), ``nanos`` the digits beyond microseconds (0–999),
     ``whole_day`` says it was a plain date, ``beyond`` is -1/+1 when out of range."""
 
     at: datetime | None
     whole_day: bool
     beyond: int = 0
+    nanos: int = 0
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ def _after(start: Bound, end: Bound) -> bool:
     if start.beyond or end.beyond:  # -1 is before every datetime, +1 after every one
         return start.beyond > end.beyond
     assert start.at is not None and end.at is not None
-    return start.at > end.at
+    return (start.at, start.nanos) > (end.at, end.nanos)
 
 
 def _parse_bound(text: str, is_end: bool) -> tuple[Bound | None, str]:
@@ -116,9 +118,8 @@ def _parse_bound(text: str, is_end: bool) -> tuple[Bound | None, str]:
     if m := _DATETIME.match(text):
         if not m["z"] and not m["sign"]:
             return None, "a date-time needs an offset (Z or ±HH:MM): without one it is ambiguous"
-        fraction = m[7] or ""
-        micro = int(fraction[:6].ljust(6, "0"))
-        finer = fraction[6:].strip("0") != ""
+        fraction = (m[7] or "").ljust(9, "0")
+        micro, nanos = int(fraction[:6]), int(fraction[6:])
         sign = -1 if m["sign"] == "-" else 1
         try:
             offset = timezone(sign * timedelta(hours=int(m["oh"] or 0), minutes=int(m["om"] or 0)))
@@ -136,11 +137,9 @@ def _parse_bound(text: str, is_end: bool) -> tuple[Bound | None, str]:
             return None, f"{text!r} is not a real date-time"
         try:
             at = local.astimezone(UTC)
-            if finer and not is_end:  # the log has microseconds: round a start up
-                at += timedelta(microseconds=1)
         except OverflowError:
             return Bound(None, whole_day=False, beyond=-1 if local.year < 5000 else 1), ""
-        return Bound(at, whole_day=False), ""
+        return Bound(at, whole_day=False, nanos=nanos), ""
     return None, f"{text!r} is neither a date (YYYY-MM-DD) nor an RFC 3339 date-time with offset"
 
 
@@ -151,7 +150,10 @@ def _to_range(start: Bound | None, end: Bound | None) -> TimeRange:
         if start.beyond > 0:
             return TimeRange(None, None, empty=True)
         if start.at is not None:
-            lo = format_ts(start.at)
+            try:  # the log has microseconds: a start between two of them rounds up
+                lo = format_ts(start.at + timedelta(microseconds=1 if start.nanos else 0))
+            except OverflowError:
+                return TimeRange(None, None, empty=True)
     if end is not None:
         if end.beyond < 0:
             return TimeRange(None, None, empty=True)

@@ -36,10 +36,10 @@ def plan_range(span: TimeRange) -> CountPlan:
             following = next_day(date.fromisoformat(lo_day))
             slice_hi = day_start(following) if following else None
             if hi is not None and (slice_hi is None or hi <= slice_hi):
-                return CountPlan(None, None, (LogSlice(lo_day, lo, hi),))  # within one day
+                return _slices_only(LogSlice(lo_day, lo, hi))  # within one day
             slices.append(LogSlice(lo_day, lo, slice_hi))
-            if following is None:
-                return CountPlan(None, None, tuple(slices))
+            if following is None:  # the calendar's last day
+                return _slices_only(*slices)
             first_day = following.isoformat()
 
     if hi is not None:
@@ -50,3 +50,8 @@ def plan_range(span: TimeRange) -> CountPlan:
     if first_day is not None and end_day is not None and first_day >= end_day:
         first_day = end_day  # no whole days: an empty day range
     return CountPlan(first_day, end_day, tuple(slices))
+
+
+def _slices_only(*slices: LogSlice) -> CountPlan:
+    day = slices[0].day
+    return CountPlan(day, day, slices)  # first_day == end_day: no whole days

@@ -22,9 +22,7 @@ def config(tmp_path: Path) -> Config:
 
 
 @pytest.fixture
-async def client(
-    aiohttp_client: Callable[..., TestClient], config: Config
-) -> TestClient:
+async def client(aiohttp_client: Callable[..., TestClient], config: Config) -> TestClient:
     """The real application, served on a local port."""
     return await aiohttp_client(create_app(config))
 

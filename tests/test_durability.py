@@ -1,0 +1,136 @@
+"""202 means committed: concurrency, injected storage failures, overload and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+
+from ingest.handlers import STORE, WRITER
+from tests.helpers import assert_problem, stored, view
+
+JSON = {"Content-Type": "application/json"}
+
+
+def body(i: int) -> bytes:
+    return orjson.dumps(view(user=f"user-{i}"))
+
+
+async def test_hundreds_of_concurrent_posts_are_all_committed(
+    client: TestClient, db: sqlite3.Connection
+) -> None:
+    responses = await asyncio.gather(
+        *(client.post("/events", data=body(i), headers=JSON) for i in range(600))
+    )
+    assert [r.status for r in responses] == [202] * 600
+    ids = {(await r.json())["event_id"] for r in responses}
+    in_log = {i for (i,) in db.execute("SELECT event_id FROM events")}
+    assert ids == in_log
+    assert db.execute("SELECT SUM(count) FROM daily_event_counts").fetchone() == (600,)
+    writer = client.server.app[WRITER]
+    assert writer.commits < 600  # group commit: many requests share a transaction
+
+
+async def test_injected_storage_failure_answers_500_and_leaves_log_and_rollup_consistent(
+    client: TestClient, db: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = client.server.app[STORE]
+    real_executemany = store.writer.executemany
+    calls = {"n": 0}
+
+    async def failing_executemany(sql: str, rows):  # type: ignore[no-untyped-def]
+        # Let the event insert run, then fail the rollup update of the same transaction.
+        calls["n"] += 1
+        if "daily_event_counts" in sql and calls["n"] <= 2:
+            raise sqlite3.OperationalError("disk I/O error (injected)")
+        return await real_executemany(sql, rows)
+
+    monkeypatch.setattr(store.writer, "executemany", failing_executemany)
+    first = await client.post("/events", data=body(1), headers=JSON)
+    problem = await assert_problem(first, 500)
+    assert "disk" not in problem["detail"] and "sqlite" not in problem["detail"].lower()
+    assert stored(db) == 0  # the event insert was rolled back with the rollup update
+    assert db.execute("SELECT COUNT(*) FROM daily_event_counts").fetchone() == (0,)
+
+    after = await client.post("/events", data=body(2), headers=JSON)  # the writer lives on
+    assert after.status == 202
+    assert stored(db) == 1
+    assert db.execute("SELECT SUM(count) FROM daily_event_counts").fetchone() == (1,)
+
+
+async def test_locked_database_gives_503_with_retry_after_then_recovers(
+    make_client, config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await make_client(busy_timeout_ms=200)
+    blocker = sqlite3.connect(config.db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        response = await client.post("/events", data=body(1), headers=JSON)
+        await assert_problem(response, 503)
+        assert response.headers["Retry-After"] == "1"
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    response = await client.post("/events", data=body(2), headers=JSON)
+    assert response.status == 202
+    check = sqlite3.connect(config.db)
+    assert check.execute("SELECT COUNT(*) FROM events").fetchone() == (1,)
+    check.close()
+
+
+async def test_full_queue_gives_503_and_log_equals_acknowledged(make_client, config) -> None:
+    client = await make_client(queue_max_events=20, busy_timeout_ms=2000)
+    blocker = sqlite3.connect(config.db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # hold the writer so the queue fills up
+    posts = [
+        asyncio.ensure_future(client.post("/events", data=body(i), headers=JSON)) for i in range(60)
+    ]
+    await asyncio.sleep(0.5)
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    responses = await asyncio.gather(*posts)
+    statuses = [r.status for r in responses]
+    assert set(statuses) == {202, 503}
+    for r in responses:
+        if r.status == 503:
+            assert r.headers["Retry-After"] == "1"
+            await assert_problem(r, 503)
+    acknowledged = {(await r.json())["event_id"] for r in responses if r.status == 202}
+    check = sqlite3.connect(config.db)
+    assert {i for (i,) in check.execute("SELECT event_id FROM events")} == acknowledged
+    check.close()
+
+
+async def test_shutdown_drains_queued_writes(make_client, config) -> None:
+    client = await make_client()
+    writer = client.server.app[WRITER]
+    blocker = sqlite3.connect(config.db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    posts = [
+        asyncio.ensure_future(client.post("/events", data=body(i), headers=JSON)) for i in range(50)
+    ]
+    await asyncio.sleep(0.2)
+    closing = asyncio.ensure_future(writer.close())  # what app cleanup does on SIGTERM
+    await asyncio.sleep(0.1)
+    late = await client.post("/events", data=body(99), headers=JSON)
+    await assert_problem(late, 503)  # no new writes once draining started
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    await closing
+    responses = await asyncio.gather(*posts)
+    assert [r.status for r in responses] == [202] * 50
+    check = sqlite3.connect(config.db)
+    assert check.execute("SELECT COUNT(*) FROM events").fetchone() == (50,)
+    check.close()
+
+
+async def test_readiness(client: TestClient) -> None:
+    assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/readyz")).status == 200
+    await client.server.app[WRITER].close()
+    response = await client.get("/readyz")
+    assert response.status == 503
+    assert "writer" in (await response.json())["problems"][0]

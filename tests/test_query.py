@@ -1,0 +1,274 @@
+"""GET /analytics/*: filters, inclusive bounds, day edges, and every 400 case."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.helpers import append, assert_problem, row
+
+# Events at the edges of 2025-05-01 .. 2025-05-03 (UTC).
+ROWS = [
+    row("view", "2025-04-30T23:59:59.999999Z"),
+    row("view", "2025-05-01T00:00:00.000000Z"),
+    row("click", "2025-05-01T12:00:00.000000Z"),
+    row("location", "2025-05-01T23:59:59.999999Z"),
+    row("view", "2025-05-02T00:00:00.000000Z"),
+    row("view", "2025-05-02T09:30:00.000000Z"),
+    row("click", "2025-05-03T23:59:59.999999Z"),
+    row("view", "2025-05-04T00:00:00.000000Z"),
+]
+
+
+@pytest.fixture
+async def seeded(client: TestClient) -> TestClient:
+    await append(client, ROWS)
+    return client
+
+
+async def total(client: TestClient, **params: str) -> int:
+    response = await client.get("/analytics/event-counts", params=params)
+    assert response.status == 200, await response.text()
+    return (await response.json())["total_events"]
+
+
+async def by_type(client: TestClient, **params: str) -> dict[str, int]:
+    response = await client.get("/analytics/event-counts-by-type", params=params)
+    assert response.status == 200, await response.text()
+    return await response.json()
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        pytest.param({}, 8, id="no-filter"),
+        pytest.param({"event_type": "view"}, 5, id="type-view"),
+        pytest.param({"event_type": "click"}, 2, id="type-click"),
+        pytest.param({"event_type": "location"}, 1, id="type-location"),
+        pytest.param({"start_date": "2025-05-02"}, 4, id="start-only"),
+        pytest.param({"end_date": "2025-05-01"}, 4, id="end-only-inclusive-day"),
+        pytest.param({"start_date": "2025-05-01", "end_date": "2025-05-01"}, 3, id="one-day"),
+        pytest.param({"start_date": "2025-05-01", "end_date": "2025-05-03"}, 6, id="three-days"),
+        pytest.param(
+            {"start_date": "2025-05-01", "end_date": "2025-05-03", "event_type": "view"},
+            3,
+            id="days-and-type",
+        ),
+        pytest.param({"start_date": "2025-06-01"}, 0, id="empty-range"),
+        pytest.param(
+            {"start_date": "2025-05-01T00:00:00Z", "end_date": "2025-05-01T00:00:00Z"},
+            1,
+            id="first-microsecond",
+        ),
+        pytest.param(
+            {
+                "start_date": "2025-05-01T23:59:59.999999Z",
+                "end_date": "2025-05-01T23:59:59.999999Z",
+            },
+            1,
+            id="last-microsecond",
+        ),
+        pytest.param(
+            {"start_date": "2025-05-01T23:59:59.999999Z", "end_date": "2025-05-02T00:00:00Z"},
+            2,
+            id="across-midnight",
+        ),
+        pytest.param({"start_date": "2025-05-01T12:00:00.000001Z"}, 5, id="start-cuts-day"),
+        pytest.param({"end_date": "2025-05-02T09:29:59.999999Z"}, 5, id="end-cuts-day"),
+        pytest.param(
+            {"start_date": "2025-05-01T14:00:00+02:00", "end_date": "2025-05-02T11:30:00+02:00"},
+            4,
+            id="offsets",
+        ),
+        pytest.param(
+            {"start_date": "2025-05-01T07:00:00-05:00", "end_date": "2025-05-01T07:00:00-05:00"},
+            1,
+            id="negative-offset-instant",
+        ),
+        pytest.param(
+            {
+                "start_date": "2025-05-01T12:00:00.0000001Z",
+                "end_date": "2025-05-01T12:00:00.0000009Z",
+            },
+            0,
+            id="sub-microsecond-empty",
+        ),
+        pytest.param(
+            {
+                "start_date": "2025-05-01T12:00:00.0000000Z",
+                "end_date": "2025-05-01T12:00:00.0000009Z",
+            },
+            1,
+            id="sub-microsecond",
+        ),
+        pytest.param(
+            {"start_date": "2025-05-01", "end_date": "2025-05-02T09:30:00Z"},
+            5,
+            id="date-then-datetime",
+        ),
+        pytest.param({"start_date": "2025-05-01T03:00:00 02:00"}, 6, id="unencoded-plus"),
+        pytest.param(
+            {"start_date": "0001-01-01", "end_date": "9999-12-31"}, 8, id="calendar-extremes"
+        ),
+        pytest.param({"start_date": "0001-01-01T00:00:00+10:00"}, 8, id="start-before-calendar"),
+        pytest.param({"end_date": "9999-12-31T23:00:00-10:00"}, 8, id="end-after-calendar"),
+    ],
+)
+async def test_event_counts(seeded: TestClient, params: dict[str, str], expected: int) -> None:
+    assert await total(seeded, **params) == expected
+
+
+async def test_counts_by_type(seeded: TestClient) -> None:
+    assert await by_type(seeded) == {"view": 5, "click": 2, "location": 1}
+    assert await by_type(seeded, start_date="2025-05-02", end_date="2025-05-02") == {"view": 2}
+    assert await by_type(seeded, start_date="2025-05-01T12:00:00Z", end_date="2025-05-03") == {
+        "click": 2,
+        "location": 1,
+        "view": 2,
+    }
+    assert await by_type(seeded, start_date="2026-01-01") == {}
+
+
+async def test_empty_database(client: TestClient) -> None:
+    assert await total(client) == 0
+    assert await by_type(client) == {}
+    response = await client.get("/analytics/event-counts-by-day")
+    assert await response.json() == {"days": []}
+
+
+async def test_counts_by_day_zero_filled(seeded: TestClient) -> None:
+    response = await seeded.get(
+        "/analytics/event-counts-by-day",
+        params={"start_date": "2025-04-30", "end_date": "2025-05-05"},
+    )
+    assert response.status == 200
+    assert (await response.json())["days"] == [
+        {"date": "2025-04-30", "view": 1, "click": 0, "location": 0},
+        {"date": "2025-05-01", "view": 1, "click": 1, "location": 1},
+        {"date": "2025-05-02", "view": 2, "click": 0, "location": 0},
+        {"date": "2025-05-03", "view": 0, "click": 1, "location": 0},
+        {"date": "2025-05-04", "view": 1, "click": 0, "location": 0},
+        {"date": "2025-05-05", "view": 0, "click": 0, "location": 0},
+    ]
+
+
+async def test_counts_by_day_defaults_to_last_30_days_with_data(seeded: TestClient) -> None:
+    days = (await (await seeded.get("/analytics/event-counts-by-day")).json())["days"]
+    assert len(days) == 30
+    assert days[-1]["date"] == "2025-05-04" and days[0]["date"] == "2025-04-05"
+    assert sum(d["view"] + d["click"] + d["location"] for d in days) == 8
+
+
+async def test_counts_by_day_with_cut_days_and_type(seeded: TestClient) -> None:
+    response = await seeded.get(
+        "/analytics/event-counts-by-day",
+        params={
+            "start_date": "2025-05-01T12:00:00Z",
+            "end_date": "2025-05-02T09:00:00Z",
+            "event_type": "view",
+        },
+    )
+    assert (await response.json())["days"] == [
+        {"date": "2025-05-01", "view": 0, "click": 0, "location": 0},
+        {"date": "2025-05-02", "view": 1, "click": 0, "location": 0},
+    ]
+
+
+BAD = [
+    pytest.param(
+        "/analytics/event-counts", {"event_type": "scroll"}, ["event_type"], id="unknown-type"
+    ),
+    pytest.param(
+        "/analytics/event-counts",
+        {"start_date": "2025-02-30"},
+        ["start_date"],
+        id="impossible-date",
+    ),
+    pytest.param(
+        "/analytics/event-counts", {"start_date": "2025-5-1"}, ["start_date"], id="malformed-date"
+    ),
+    pytest.param("/analytics/event-counts", {"end_date": "yesterday"}, ["end_date"], id="word"),
+    pytest.param("/analytics/event-counts", {"start_date": ""}, ["start_date"], id="empty-value"),
+    pytest.param(
+        "/analytics/event-counts",
+        {"start_date": "2025-05-01T10:00:00"},
+        ["start_date"],
+        id="no-offset",
+    ),
+    pytest.param(
+        "/analytics/event-counts",
+        {"start_date": "2025-05-01T25:00:00Z"},
+        ["start_date"],
+        id="hour-25",
+    ),
+    pytest.param(
+        "/analytics/event-counts",
+        {"start_date": "2025-05-01T10:00:60Z"},
+        ["start_date"],
+        id="second-60",
+    ),
+    pytest.param(
+        "/analytics/event-counts",
+        {"start_date": "2025-05-01T10:00:00+24:00"},
+        ["start_date"],
+        id="offset-24h",
+    ),
+    pytest.param(
+        "/analytics/event-counts",
+        {"start_date": "2025-05-02", "end_date": "2025-05-01"},
+        ["start_date"],
+        id="start-after-end",
+    ),
+    pytest.param(
+        "/analytics/event-counts",
+        {"start_date": "2025-05-01T10:00:00Z", "end_date": "2025-05-01T09:59:59.999999Z"},
+        ["start_date"],
+        id="start-after-end-instant",
+    ),
+    pytest.param(
+        "/analytics/event-counts", {"start-date": "2025-05-01"}, ["start-date"], id="typo"
+    ),
+    pytest.param(
+        "/analytics/event-counts", {"foo": "1", "bar": "2"}, ["foo", "bar"], id="two-unknown"
+    ),
+    pytest.param(
+        "/analytics/event-counts-by-type",
+        {"event_type": "view"},
+        ["event_type"],
+        id="by-type-rejects-type",
+    ),
+    pytest.param(
+        "/analytics/event-counts-by-day",
+        {"start_date": "2000-01-01", "end_date": "2025-01-01"},
+        ["start_date"],
+        id="by-day-too-long",
+    ),
+    pytest.param(
+        "/analytics/event-counts-by-day", {"day": "2025-01-01"}, ["day"], id="by-day-unknown"
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "params", "fields"), BAD)
+async def test_bad_parameters_are_400(
+    client: TestClient, path: str, params: dict, fields: list[str]
+) -> None:
+    await assert_problem(await client.get(path, params=params), 400, *fields)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/analytics/event-counts",
+        "/analytics/event-counts-by-type",
+        "/analytics/event-counts-by-day",
+    ],
+)
+async def test_repeated_parameter_is_400(client: TestClient, path: str) -> None:
+    response = await client.get(path + "?start_date=2025-05-01&start_date=2025-05-02")
+    await assert_problem(response, 400, "start_date")
+
+
+async def test_thousands_of_parameters_are_400(client: TestClient) -> None:
+    query = "&".join(["x=1"] * 2000)
+    await assert_problem(await client.get("/analytics/event-counts?" + query), 400, "x")

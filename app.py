@@ -2,6 +2,8 @@
 
     python -m app serve     [--db PATH] [--host H] [--port P] …
     python -m app migrate   [--db PATH]
+    python -m app rebuild   [--db PATH] [--start D] [--end D] [--dry-run] [--json]
+    python -m app reconcile [--db PATH] [--dry-run] [--json]
 
 HTTP → validate (schema/) → writer: log + rollup in one transaction (ingest/, rollup/)
 → exact counts from rollup + log edges (query/).
@@ -24,6 +26,8 @@ from ingest.handlers import BODY_TIMEOUT, STORE, WRITER
 from ingest.writer import Writer
 from middlewares import AccessLogger, cors_middleware, problem_middleware
 from query import handlers as query_handlers
+from rollup import admin as rollup_admin
+from rollup import cli as rollup_cli
 from schema.migrate import migrate
 from schema.store import SQLiteStore
 
@@ -67,6 +71,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/readyz", readyz)
     ingest_handlers.setup_routes(app)
     query_handlers.setup_routes(app)
+    rollup_admin.setup(app, config)  # after _storage: the scheduler stops first
     return app
 
 
@@ -132,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     settings.add_arguments(serve_cmd)
     migrate_cmd = commands.add_parser("migrate", help="create or upgrade the database, then exit")
     settings.add_arguments(migrate_cmd, ("db",))
+    rollup_cli.add_commands(commands)
     args = parser.parse_args(argv)
     config = settings.load(args)
     if args.command == "serve":
@@ -139,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "migrate":
         _configure_logging(config.log_level)
         print(f"{config.db}: schema version {migrate(config.db)}")
+    elif args.command in rollup_cli.COMMANDS:
+        _configure_logging(config.log_level)
+        return rollup_cli.run(args, config)
     return 0
 
 

@@ -1,0 +1,147 @@
+"""The admin HTTP API for the rollup lifecycle:
+
+    POST /admin/rollups/rebuild     {"start_date": "2025-05-01", "end_date": "…", "dry_run": false}
+    POST /admin/rollups/reconcile   same optional body
+    GET  /admin/rollups/status      last report, next scheduled run
+
+Every route needs ``Authorization: Bearer <admin_token>``. With no token configured the
+admin API is off (403); a missing or wrong token is a 401 with ``WWW-Authenticate``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from datetime import date
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from config import Config
+from rollup.recount import parse_day
+from rollup.service import RUNNER, RollupRunner, RunnerClosedError, lifecycle
+from schema.problems import Problem, bad_request
+from schema.store import is_busy
+
+MAX_BODY_BYTES = 4096
+FIELDS = ("start_date", "end_date", "dry_run")
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="admin"'}
+_RETRY = {"Retry-After": "5"}
+
+
+def _json(body: object) -> web.Response:
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+def _authorize(request: web.Request) -> RollupRunner:
+    """The runner, once the bearer token matches (compared in constant time)."""
+    runner = request.app[RUNNER]
+    expected = runner.config.admin_token
+    if not expected:
+        raise Problem(403, "the admin API is disabled: no admin token is configured")
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise Problem(401, "an admin bearer token is required", headers=_CHALLENGE)
+    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        raise Problem(
+            401,
+            "the admin bearer token is not valid",
+            headers={"WWW-Authenticate": 'Bearer realm="admin", error="invalid_token"'},
+        )
+    return runner
+
+
+async def _options(request: web.Request) -> tuple[date | None, date | None, bool]:
+    """``(start, end, dry_run)`` from the optional JSON body; 400 lists every problem."""
+    if request.query:
+        raise bad_request(
+            [
+                {"field": name, "message": "is not a known parameter (send options as JSON)"}
+                for name in request.query
+            ]
+        )
+    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise Problem(
+            413,
+            f"the body must be at most {MAX_BODY_BYTES} bytes",
+            [{"field": "body", "message": f"must be at most {MAX_BODY_BYTES} bytes"}],
+        )
+    if not raw.strip():
+        return None, None, False
+    if request.content_type != "application/json":
+        raise Problem(415, "the body must be application/json")
+    try:
+        body: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise bad_request([{"field": "body", "message": "is not valid JSON"}]) from None
+    if not isinstance(body, dict):
+        raise bad_request([{"field": "body", "message": "must be a JSON object"}])
+
+    errors = [
+        {"field": name, "message": f"is not an allowed field (allowed: {', '.join(FIELDS)})"}
+        for name in body
+        if name not in FIELDS
+    ]
+    bounds: dict[str, date | None] = {}
+    for name in ("start_date", "end_date"):
+        value = body.get(name)
+        if value is None:
+            bounds[name] = None
+        elif not isinstance(value, str):
+            errors.append({"field": name, "message": "must be a string YYYY-MM-DD or null"})
+        elif (day := parse_day(value)) is None:
+            errors.append({"field": name, "message": f"{value[:64]!r} is not a date YYYY-MM-DD"})
+        else:
+            bounds[name] = day
+    dry_run = body.get("dry_run", False)
+    if dry_run is None:
+        dry_run = False
+    if not isinstance(dry_run, bool):
+        errors.append({"field": "dry_run", "message": "must be true or false"})
+    start, end = bounds.get("start_date"), bounds.get("end_date")
+    if start and end and start > end:
+        errors.append({"field": "start_date", "message": "must not be after end_date"})
+    if errors:
+        raise bad_request(errors)
+    return start, end, dry_run
+
+
+async def _run(request: web.Request, kind: str) -> web.Response:
+    runner = _authorize(request)
+    start, end, dry_run = await _options(request)
+    try:
+        report = await runner.run(kind, start=start, end=end, dry_run=dry_run, trigger="http")
+    except RunnerClosedError:
+        raise Problem(503, "the service is shutting down", headers=_RETRY) from None
+    except Exception as exc:
+        if is_busy(exc):
+            raise Problem(503, "the database is busy; retry shortly", headers=_RETRY) from exc
+        raise
+    return _json(report.to_dict())
+
+
+async def rebuild(request: web.Request) -> web.Response:
+    """Recount the rollup from the log for all days (or a date range) and repair it."""
+    return await _run(request, "rebuild")
+
+
+async def reconcile(request: web.Request) -> web.Response:
+    """Check every day with events or rollup rows against the log, repairing differences."""
+    return await _run(request, "reconcile")
+
+
+async def status(request: web.Request) -> web.Response:
+    """The last report (of any pass in this process) and the next scheduled run."""
+    return _json(_authorize(request).status())
+
+
+def setup(app: web.Application, config: Config) -> None:
+    """Add the rollup runner, its scheduler (a cleanup_ctx; add it after the storage one
+    so it stops first) and the ``/admin/rollups/*`` routes."""
+    app[RUNNER] = RollupRunner(config)
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_post("/admin/rollups/rebuild", rebuild)
+    app.router.add_post("/admin/rollups/reconcile", reconcile)
+    app.router.add_get("/admin/rollups/status", status)

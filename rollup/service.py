@@ -1,0 +1,171 @@
+"""Rollup lifecycle inside the service: one runner for reconcile/rebuild passes, and the
+APScheduler job that reconciles on an interval.
+
+A pass runs in a worker thread on a connection of its own (``rollup.recount``), so the
+event loop keeps serving while it works; SQLite's write lock orders its short per-day
+transactions with the ingest writer's commits. Passes never overlap: a second request
+waits for the first. On shutdown the scheduler stops, and a running pass ends after the
+day it is on (each day is its own transaction, so stopping between days loses nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+from collections.abc import AsyncIterator
+from datetime import date, datetime
+from functools import partial
+from typing import Any
+
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from config import Config
+from rollup import recount
+from rollup.recount import Report
+from schema.timestamps import UTC, format_ts, now
+
+log = logging.getLogger(__name__)
+
+JOB_ID = "rollup-reconcile"
+
+
+class RunnerClosedError(Exception):
+    """The service is shutting down and starts no new pass."""
+
+
+class RollupRunner:
+    """Runs reconcile/rebuild passes one at a time and keeps the last report."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.last_report: dict[str, Any] | None = None
+        self.last_error: dict[str, str] | None = None
+        self.scheduled_runs = 0
+        self._lock = asyncio.Lock()
+        self._stop = threading.Event()
+        self._current: asyncio.Future[Report] | None = None
+        self._scheduler: AsyncIOScheduler | None = None
+
+    @property
+    def interval_minutes(self) -> float:
+        minutes = self.config.reconcile_minutes
+        return minutes if math.isfinite(minutes) and minutes > 0 else 0.0
+
+    @property
+    def running(self) -> bool:
+        return self._current is not None and not self._current.done()
+
+    async def run(
+        self,
+        kind: str,
+        *,
+        start: date | None = None,
+        end: date | None = None,
+        dry_run: bool = False,
+        trigger: str = "http",
+    ) -> Report:
+        """One pass in a worker thread; waits for any pass already running."""
+        async with self._lock:
+            if self._stop.is_set():
+                raise RunnerClosedError()
+            work = partial(
+                recount.run_on_path,
+                self.config.db,
+                kind,
+                synchronous=self.config.synchronous,
+                busy_timeout_ms=self.config.busy_timeout_ms,
+                start=start,
+                end=end,
+                dry_run=dry_run,
+                trigger=trigger,
+                stop=self._stop,
+            )
+            self._current = asyncio.get_running_loop().run_in_executor(None, work)
+            try:
+                # Shielded: if the caller is cancelled, the thread still finishes its day
+                # and close() waits for it.
+                report = await asyncio.shield(self._current)
+            except Exception:
+                self.last_error = {
+                    "at": format_ts(now()),
+                    "kind": kind,
+                    "detail": "the pass failed; the cause is in the server log",
+                }
+                raise
+            self.last_report = report.to_dict()
+            return report
+
+    async def reconcile_job(self) -> None:
+        """The scheduled job: never raises (a failure is logged and shown in status)."""
+        self.scheduled_runs += 1
+        try:
+            await self.run("reconcile", trigger="schedule")
+        except RunnerClosedError:
+            pass
+        except Exception:
+            log.exception("scheduled rollup reconcile failed")
+
+    def next_run_at(self) -> str | None:
+        if self._scheduler is None or not self._scheduler.running:
+            return None
+        job = self._scheduler.get_job(JOB_ID)
+        when: datetime | None = job.next_run_time if job is not None else None
+        return format_ts(when) if when is not None else None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "reconcile_minutes": self.interval_minutes,
+            "next_run_at": self.next_run_at(),
+            "running": self.running,
+            "last_report": self.last_report,
+            "last_error": self.last_error,
+        }
+
+    def start_scheduler(self) -> None:
+        minutes = self.interval_minutes
+        if not minutes:
+            log.info("scheduled rollup reconciliation is disabled (reconcile_minutes=0)")
+            return
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        scheduler.add_job(
+            self.reconcile_job,
+            IntervalTrigger(seconds=minutes * 60, timezone=UTC),
+            id=JOB_ID,
+            name="rollup reconcile",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+        log.info("rollup reconciliation every %g minutes", minutes)
+
+    async def close(self) -> None:
+        """Stop the scheduler, then let a running pass finish its current day."""
+        self._stop.set()
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+            await asyncio.sleep(0)  # AsyncIOScheduler shuts down on the next loop turn
+        self._scheduler = None
+        current = self._current
+        if current is not None and not current.done():
+            await asyncio.wait([current])
+        if current is not None and current.done() and not current.cancelled():
+            current.exception()  # retrieved, so asyncio does not warn about it
+
+
+RUNNER = web.AppKey("rollup_runner", RollupRunner)
+
+
+async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: start the scheduler with the app, stop it (and any pass) on shutdown."""
+    runner = app[RUNNER]
+    runner.start_scheduler()
+    try:
+        yield
+    finally:
+        await runner.close()

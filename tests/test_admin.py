@@ -1,0 +1,134 @@
+"""The admin HTTP API: bearer-token auth and strict validation of the JSON options."""
+
+from __future__ import annotations
+
+import pytest
+
+TOKEN = "s3cret-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ROUTES = [
+    ("POST", "/admin/rollups/rebuild"),
+    ("POST", "/admin/rollups/reconcile"),
+    ("GET", "/admin/rollups/status"),
+]
+
+
+async def assert_problem(resp, status: int) -> dict:
+    assert resp.status == status, await resp.text()
+    assert resp.content_type == "application/problem+json"
+    body = await resp.json()
+    assert body["status"] == status and {"type", "title", "detail", "errors"} <= body.keys()
+    return body
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+async def test_without_a_configured_token_the_admin_api_is_off(client, method, path):
+    for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer anything"}):
+        resp = await client.request(method, path, headers=headers)
+        await assert_problem(resp, 403)
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer", "Bearer wrong", f"Basic {TOKEN}", f"Bearer {TOKEN}x", TOKEN],
+    ids=["missing", "empty", "no-token", "wrong", "basic", "longer", "no-scheme"],
+)
+async def test_a_missing_or_wrong_token_is_401_with_a_challenge(
+    make_client, method, path, authorization
+):
+    client = await make_client(admin_token=TOKEN)
+    headers = {} if authorization is None else {"Authorization": authorization}
+    resp = await client.request(method, path, headers=headers)
+    body = await assert_problem(resp, 401)
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    assert TOKEN not in str(body)
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+async def test_the_right_token_is_200(make_client, method, path):
+    client = await make_client(admin_token=TOKEN)
+    resp = await client.request(method, path, headers=AUTH)
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert ("days_checked" in body) or ("last_report" in body)
+
+
+async def test_the_token_is_never_logged(make_client, caplog):
+    caplog.set_level("DEBUG")
+    client = await make_client(admin_token=TOKEN, access_log=True)
+    await client.post("/admin/rollups/reconcile", headers=AUTH)
+    await client.post("/admin/rollups/reconcile", headers={"Authorization": "Bearer guess"})
+    assert all(
+        TOKEN not in r.getMessage() and "guess" not in r.getMessage() for r in caplog.records
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        ({"start": "2025-05-01"}, ["start"]),
+        ({"start_date": "2025-02-30"}, ["start_date"]),
+        ({"start_date": "2025-05-01T00:00:00Z"}, ["start_date"]),
+        ({"end_date": 20250501}, ["end_date"]),
+        ({"dry_run": "yes"}, ["dry_run"]),
+        ({"dry_run": 1}, ["dry_run"]),
+        ({"start_date": "2025-05-02", "end_date": "2025-05-01"}, ["start_date"]),
+        (
+            {"start_date": "bad", "end_date": "worse", "dry_run": 0, "x": 1},
+            ["x", "start_date", "end_date", "dry_run"],
+        ),
+        ([], ["body"]),
+        ("2025-05-01", ["body"]),
+    ],
+    ids=[
+        "unknown-field",
+        "impossible-date",
+        "date-time",
+        "number-date",
+        "string-bool",
+        "number-bool",
+        "start-after-end",
+        "every-error",
+        "array",
+        "string",
+    ],
+)
+async def test_bad_options_are_400_listing_every_problem(make_client, config, body, fields):
+    client = await make_client(admin_token=TOKEN)
+    for path in ("rebuild", "reconcile"):
+        resp = await client.post(f"/admin/rollups/{path}", json=body, headers=AUTH)
+        problem = await assert_problem(resp, 400)
+        assert sorted(e["field"] for e in problem["errors"]) == sorted(fields)
+
+
+async def test_body_format_errors(make_client):
+    client = await make_client(admin_token=TOKEN)
+    url = "/admin/rollups/rebuild"
+    resp = await client.post(
+        url, data="{nope", headers={**AUTH, "Content-Type": "application/json"}
+    )
+    await assert_problem(resp, 400)
+    resp = await client.post(url, data="dry_run=1", headers={**AUTH, "Content-Type": "text/plain"})
+    await assert_problem(resp, 415)
+    resp = await client.post(url, json={"dry_run": True, "pad": "x" * 5000}, headers=AUTH)
+    await assert_problem(resp, 413)
+    resp = await client.post(url + "?dry_run=true", headers=AUTH)
+    problem = await assert_problem(resp, 400)
+    assert problem["errors"][0]["field"] == "dry_run"
+
+
+async def test_null_options_mean_the_defaults(make_client):
+    client = await make_client(admin_token=TOKEN)
+    body = {"start_date": None, "end_date": None, "dry_run": None}
+    resp = await client.post("/admin/rollups/rebuild", json=body, headers=AUTH)
+    assert resp.status == 200
+    report = await resp.json()
+    assert report["dry_run"] is False and report["start_date"] is None
+
+
+async def test_wrong_method_is_405(make_client):
+    client = await make_client(admin_token=TOKEN)
+    resp = await client.get("/admin/rollups/rebuild", headers=AUTH)
+    await assert_problem(resp, 405)
+    assert resp.headers["Allow"] == "POST"

@@ -87,6 +87,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         store,
         queue_max_events=config.queue_max_events,
         commit_max_events=config.commit_max_events,
+        key_ttl_hours=config.idempotency_hours,
     )
     await writer.start()
     app[STORE] = store

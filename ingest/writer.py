@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from schema.store import EventRow, KeyRow, SQLiteStore
+from schema.timestamps import format_ts, now
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +51,21 @@ _STOP = object()
 
 
 class Writer:
-    def __init__(self, store: SQLiteStore, *, queue_max_events: int, commit_max_events: int):
+    PRUNE_EVERY_S = 600.0
+
+    def __init__(
+        self,
+        store: SQLiteStore,
+        *,
+        queue_max_events: int,
+        commit_max_events: int,
+        key_ttl_hours: float = 24.0,
+    ):
         self.store = store
         self.queue_max_events = queue_max_events
         self.commit_max_events = commit_max_events
+        self.key_ttl = timedelta(hours=key_ttl_hours)
+        self._last_prune = float("-inf")
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._queued_events = 0
         self._closing = False
@@ -108,6 +122,20 @@ class Writer:
                         request.future.set_exception(exc)
             finally:
                 self._queued_events -= size
+            await self._prune_keys_now_and_then()
+
+    async def _prune_keys_now_and_then(self) -> None:
+        """Forget expired Idempotency-Keys; done here because the writer is their only writer."""
+        if time.monotonic() - self._last_prune < self.PRUNE_EVERY_S:
+            return
+        self._last_prune = time.monotonic()
+        try:
+            removed = await self.store.prune_keys(format_ts(now() - self.key_ttl))
+        except Exception as exc:  # a failed prune only delays forgetting
+            log.warning("pruning idempotency keys failed: %r", exc)
+            return
+        if removed:
+            log.info("forgot %d idempotency keys older than %s", removed, self.key_ttl)
 
     async def _commit(self, batch: list[WriteRequest]) -> None:
         keys = [r.key for r in batch if r.key]

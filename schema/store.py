@@ -53,6 +53,7 @@ WHERE event_type IN ({marks}) AND timestamp >= ? AND timestamp < ?
 GROUP BY event_type
 """
 LAST_DAY_SQL = "SELECT MAX(day) FROM daily_event_counts"
+PRUNE_KEYS_SQL = "DELETE FROM idempotency_keys WHERE created_at < ?"
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,18 @@ class SQLiteStore:
                 await conn.execute("ROLLBACK")
         except sqlite3.Error:  # the original error matters more
             log.exception("rollback failed")
+
+    async def prune_keys(self, older_than: str) -> int:
+        """Forget idempotency keys created before ``older_than`` (a timestamp string)."""
+        conn = self.writer
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = await conn.execute(PRUNE_KEYS_SQL, (older_than,))
+            await conn.execute("COMMIT")
+        except BaseException:
+            await self._rollback(conn)
+            raise
+        return cursor.rowcount
 
     async def find_keys(
         self, keys: Sequence[str], *, use_writer: bool = False

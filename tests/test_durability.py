@@ -134,3 +134,17 @@ async def test_readiness(client: TestClient) -> None:
     response = await client.get("/readyz")
     assert response.status == 503
     assert "writer" in (await response.json())["problems"][0]
+
+
+async def test_expired_idempotency_keys_are_forgotten(make_client, config) -> None:
+    client = await make_client(idempotency_hours=0.0)
+    writer = client.server.app[WRITER]
+    headers = {**JSON, "Idempotency-Key": "old-key"}
+    assert (await client.post("/events", data=body(1), headers=headers)).status == 202
+    writer._last_prune = float("-inf")  # due now
+    assert (await client.post("/events", data=body(2), headers=JSON)).status == 202
+    check = sqlite3.connect(config.db)
+    assert check.execute("SELECT COUNT(*) FROM idempotency_keys").fetchone() == (0,)
+    check.close()
+    # Forgotten: the same key is a new request now.
+    assert (await client.post("/events", data=body(3), headers=headers)).status == 202

@@ -79,7 +79,7 @@ def cors_middleware(allowed: tuple[str, ...]) -> Callable[..., Awaitable[web.Str
                     {
                         "Access-Control-Allow-Origin": permitted,
                         "Access-Control-Allow-Methods": ", ".join(methods),
-                        "Access-Control-Allow-Headers": "Content-Type, Idempotency-Key",
+                        "Access-Control-Allow-Headers": "Content-Type, Idempotency-Key, X-Sent-By",
                         "Access-Control-Max-Age": "600",
                     }
                 )

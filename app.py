@@ -30,6 +30,7 @@ from rollup import admin as rollup_admin
 from rollup import cli as rollup_cli
 from schema.migrate import migrate
 from schema.store import SQLiteStore
+from web import pages as web_pages
 
 log = logging.getLogger("analytics")
 CONFIG = web.AppKey("config", Config)
@@ -71,6 +72,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/readyz", readyz)
     ingest_handlers.setup_routes(app)
     query_handlers.setup_routes(app)
+    web_pages.setup_routes(app)
     rollup_admin.setup(app, config)  # after _storage: the scheduler stops first
     return app
 

@@ -304,6 +304,31 @@ async def test_scheduler_reconciles_on_its_interval_and_stops_on_shutdown(make_c
         db.close()
 
 
+async def test_shutdown_during_a_pass_waits_for_the_current_day_only(make_client, config):
+    client = await make_client(admin_token=TOKEN)
+    runner = client.server.app[RUNNER]
+    db = sqlite3.connect(config.db, isolation_level=None)
+    try:  # 20,000 stray days: 20,000 transactions, so the pass is still running at shutdown
+        with db:  # one transaction
+            db.execute("BEGIN")
+            db.executemany(
+                "INSERT INTO daily_event_counts VALUES (?, 'view', 1)",
+                [(date.fromordinal(700_000 + i).isoformat(),) for i in range(20_000)],
+            )
+        task = asyncio.create_task(runner.run("rebuild"))
+        await asyncio.sleep(0.05)
+        assert runner.running
+        await client.close()
+        report = await task
+        assert not runner.running
+        assert report.completed is False  # it stopped between two days
+        assert report.days_checked == len(report.days_changed) < 20_000
+        remaining = db.execute("SELECT COUNT(*) FROM daily_event_counts").fetchone()[0]
+        assert remaining == 20_000 - report.days_checked  # every finished day is consistent
+    finally:
+        db.close()
+
+
 async def test_scheduler_is_off_when_interval_is_zero(admin_client):
     resp = await admin_client.get("/admin/rollups/status", headers=AUTH)
     body = await resp.json()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,6 +85,10 @@ class Config:
             raise ValueError("synchronous must be FULL, NORMAL or EXTRA")
         if self.queue_max_events < 1 or self.commit_max_events < 1:
             raise ValueError("queue_max_events and commit_max_events must be positive")
+        for name in ("reconcile_minutes", "idempotency_hours", "busy_timeout_ms"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0")
 
     def __repr__(self) -> str:  # never print the admin token
         fields = dataclasses.asdict(self)
@@ -118,4 +123,7 @@ def load(args: argparse.Namespace | None = None, environ: dict[str, str] | None 
             values[setting.name] = setting.parse(raw)
         except ValueError as exc:
             raise SystemExit(f"invalid {setting.flag} / {setting.env}: {exc}") from None
-    return Config(**values)
+    try:
+        return Config(**values)
+    except ValueError as exc:
+        raise SystemExit(f"invalid settings: {exc}") from None

@@ -1,8 +1,9 @@
 """All SQL of the running service, behind one small storage interface.
 
 ``SQLiteStore`` owns two aiosqlite connections: a writer (used only by the ingest
-writer and rollup repairs, so there is only ever one writer) and a reader for
-queries. A PostgreSQL backend would implement the same methods.
+writer, so the service has one writer of events) and a reader for queries. Rollup
+repairs (``rollup/``) use a connection of their own; SQLite's write lock serialises them
+with the writer. A PostgreSQL backend would implement the same methods.
 """
 
 from __future__ import annotations
@@ -52,7 +53,11 @@ SELECT event_type, COUNT(*) FROM events
 WHERE event_type IN ({marks}) AND timestamp >= ? AND timestamp < ?
 GROUP BY event_type
 """
-LAST_DAY_SQL = "SELECT MAX(day) FROM daily_event_counts"
+# Only well-formed days: a stray rollup key must not break the default range (reconcile removes it).
+LAST_DAY_SQL = (
+    "SELECT MAX(day) FROM daily_event_counts"
+    " WHERE day GLOB '[0-9][0-9][0-9][0-9]-[0-1][0-9]-[0-3][0-9]'"
+)
 PRUNE_KEYS_SQL = "DELETE FROM idempotency_keys WHERE created_at < ?"
 
 

@@ -39,5 +39,11 @@ format: $(VENV)/.dev
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-bench: $(VENV)/.dev
+$(VENV)/.bench: $(VENV)/.runtime bench/requirements.txt
+	$(PY) -m pip install --quiet -r bench/requirements.txt
+	touch $@
+
+## bench: the benchmark suite (a few minutes; BENCH_SIZES=1000000,10000000 for the 10M run, see bench/run.py)
+bench: $(VENV)/.bench
+	@scripts/ensure-wrk
 	$(PY) bench/run.py

@@ -1,0 +1,351 @@
+"""The results table (stdout and ``bench/results/table.md``), the targets of issue 6 with
+their measured figures, and the plots (``bench/results/*.png``)."""
+
+from __future__ import annotations
+
+import harness as h
+
+TARGETS = {
+    "ingest_rps": 10_000,
+    "ingest_ratio": 0.60,
+    "ingest_p99_ms": 25.0,
+    "batch_events_per_s": 100_000,
+    "query_whole_day_p99_ms": 5.0,
+    "query_cut_day_p99_ms": 25.0,
+    "query_speedup_30d": 100.0,
+    "rebuild_seconds": 10.0,
+    "rebuild_longest_transaction_ms": 100.0,
+    "rss_mib": 150.0,
+}
+
+
+def _f(value: float | None, spec: str = ".1f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def tables() -> list[str]:
+    """Markdown tables of every section that has results."""
+    lines: list[str] = []
+    ingest = h.load("ingest")
+    if ingest:
+        lines += [
+            "**Single-event ingest** (`POST /events`, wrk 2 threads, median of "
+            f"{ingest['settings']['repeats']} × {ingest['settings']['duration']} s runs)",
+            "",
+            "| server | connections | requests/s | vs baseline | p50 ms | p99 ms | non-2xx | "
+            "socket errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in ingest["summary"]:
+            ratio = row["ratio_to_baseline"]
+            lines.append(
+                f"| {row['kind']} | {row['connections']} | {row['rps']:,.0f} | "
+                f"{'–' if ratio is None or row['kind'] == 'baseline' else f'{ratio:.0%}'} | "
+                f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['non_2xx']} | "
+                f"{row['socket_errors']} |"
+            )
+        checks = ingest["checks"]
+        lost = sum(c["lost"] for c in checks)
+        ok = all(c["ok"] for c in checks)
+        verdict = "log == acknowledged + in flight, rollup == log" if ok else "CHECK FAILED"
+        acknowledged = sum(c["acknowledged"] for c in checks)
+        lines += [
+            "",
+            f"Lost acknowledged events: {lost} ({verdict}; {acknowledged:,} acknowledged in all).",
+            "",
+        ]
+    batch = h.load("batch")
+    if batch:
+        lines += [
+            f"**Batch ingest** (`POST /events/batch`, {batch['settings']['batch_connections']} "
+            "connections)",
+            "",
+            "| events per request | events/s | requests/s | p50 ms | p99 ms | non-2xx |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in batch["results"]:
+            lines.append(
+                f"| {row['batch_size']} | {row['events_per_s']:,.0f} | "
+                f"{row['requests_per_s']:,.0f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | "
+                f"{row['non_2xx']} |"
+            )
+        lines += ["", f"Batch lost: {batch['check']['lost']}.", ""]
+    queries = h.load("queries")
+    if queries:
+        lines += [
+            "**Queries** (HTTP: wrk, 1 connection; store: the service's storage call in "
+            "process; `COUNT(*)`: the same answer from the log through its "
+            "`(event_type, timestamp)` index)",
+            "",
+            "| events | query | HTTP p50 ms | HTTP p99 ms | store p50 ms | `COUNT(*)` p50 ms | "
+            "speed-up (store) | speed-up (HTTP) | equal |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for size in queries["sizes"]:
+            for q in size["queries"]:
+                store = q["store_p50_ms"]
+                lines.append(
+                    f"| {size['events']:,} | {q['name']} | {q['http_p50_ms']:.2f} | "
+                    f"{q['http_p99_ms']:.2f} | {_f(store, '.3f')} | {q['count_p50_ms']:.1f} | "
+                    f"{_f(q['speedup_store'], ',.0f')}× | {_f(q['speedup_http'], ',.0f')}× | "
+                    f"{'yes' if q['equal_to_log'] else 'NO'} |"
+                )
+        lines.append("")
+        for size in queries["sizes"]:
+            lines.append(
+                f"{size['events']:,} events: database {size['db_bytes'] / 1e6:,.0f} MB = "
+                f"{size['bytes_per_event']:.0f} bytes/event "
+                f"({size['db_mib_per_million_events']:.0f} MiB per million events); "
+                f"query server peak RSS {_f(size['server_peak_rss_mib'])} MiB."
+            )
+        lines.append("")
+    rebuild = h.load("rebuild")
+    generator = h.load("generator")
+    if rebuild or generator:
+        lines += [
+            "| operation | events | seconds | longest write transaction |",
+            "|---|---:|---:|---:|",
+        ]
+        if rebuild:
+            lines.append(
+                f"| rollup rebuild from an empty rollup (`{rebuild['command']}`) | "
+                f"{rebuild['events']:,} | {rebuild['wall_seconds']:.2f} | "
+                f"{rebuild['longest_transaction_ms']:.1f} ms |"
+            )
+        if generator:
+            lines.append(
+                f"| generator (`{generator['command']}`) | {generator['count']:,} | "
+                f"{generator['seconds']:.1f} | – |"
+            )
+        lines.append("")
+    return lines
+
+
+def targets() -> list[tuple[str, str, str, bool | None]]:
+    """``(target, measured, where, met)`` for each target of the issue that has data."""
+    out: list[tuple[str, str, str, bool | None]] = []
+    ingest = h.load("ingest")
+    if ingest:
+        row = next(
+            (r for r in ingest["summary"] if r["kind"] == "service" and r["connections"] == 64),
+            None,
+        )
+        if row:
+            out.append(
+                (
+                    "ingest ≥ 10,000 events/s (64 conns)",
+                    f"{row['rps']:,.0f}/s",
+                    "ingest",
+                    row["rps"] >= TARGETS["ingest_rps"],
+                )
+            )
+            out.append(
+                (
+                    "ingest ≥ 60 % of baseline",
+                    f"{row['ratio_to_baseline']:.0%}",
+                    "ingest",
+                    row["ratio_to_baseline"] >= TARGETS["ingest_ratio"],
+                )
+            )
+            out.append(
+                (
+                    "ingest p99 ≤ 25 ms",
+                    f"{row['p99_ms']:.1f} ms",
+                    "ingest",
+                    row["p99_ms"] <= TARGETS["ingest_p99_ms"],
+                )
+            )
+            errors = row["non_2xx"] + row["socket_errors"] + row["timeouts"]
+            out.append(("ingest 0 errors", str(errors), "ingest", errors == 0))
+        lost = sum(c["lost"] for c in ingest["checks"])
+        out.append(
+            (
+                "ingest 0 lost",
+                str(lost),
+                "ingest",
+                lost == 0 and all(c["ok"] for c in ingest["checks"]),
+            )
+        )
+    batch = h.load("batch")
+    if batch:
+        row = max(batch["results"], key=lambda r: r["batch_size"])
+        out.append(
+            (
+                f"batch ≥ 100,000 events/s ({row['batch_size']}/request)",
+                f"{row['events_per_s']:,.0f}/s",
+                "batch",
+                row["events_per_s"] >= TARGETS["batch_events_per_s"],
+            )
+        )
+    queries = h.load("queries")
+    if queries:
+        biggest = max(queries["sizes"], key=lambda s: s["events"])
+        n = f"{biggest['events'] / 1e6:g}M"
+        whole = [q for q in biggest["queries"] if "cut" not in q["name"]]
+        cut = [q for q in biggest["queries"] if "cut" in q["name"]]
+        worst = max(whole, key=lambda q: q["http_p99_ms"])
+        out.append(
+            (
+                f"whole-day queries p99 ≤ 5 ms ({n})",
+                f"worst {worst['http_p99_ms']:.2f} ms ({worst['name']})",
+                "queries",
+                worst["http_p99_ms"] <= TARGETS["query_whole_day_p99_ms"],
+            )
+        )
+        if cut:
+            out.append(
+                (
+                    f"cut-day queries p99 ≤ 25 ms ({n})",
+                    f"{cut[0]['http_p99_ms']:.2f} ms",
+                    "queries",
+                    cut[0]["http_p99_ms"] <= TARGETS["query_cut_day_p99_ms"],
+                )
+            )
+        d30 = next((q for q in biggest["queries"] if q["name"] == "30 days"), None)
+        if d30:
+            out.append(
+                (
+                    f"≥ 100× COUNT(*), 30 days ({n})",
+                    f"{d30['speedup_store']:,.0f}× in process, "
+                    f"{d30['speedup_http']:,.0f}× over HTTP",
+                    "queries",
+                    (d30["speedup_store"] or 0) >= TARGETS["query_speedup_30d"],
+                )
+            )
+        out.append(
+            (
+                "exact: every answer == COUNT(*)",
+                str(all(q["equal_to_log"] for s in queries["sizes"] for q in s["queries"])),
+                "queries",
+                all(q["equal_to_log"] for s in queries["sizes"] for q in s["queries"]),
+            )
+        )
+    rebuild = h.load("rebuild")
+    if rebuild:
+        n = f"{rebuild['events'] / 1e6:g}M"
+        out.append(
+            (
+                f"rebuild ≤ 10 s ({n})",
+                f"{rebuild['wall_seconds']:.2f} s",
+                "rebuild",
+                rebuild["wall_seconds"] <= TARGETS["rebuild_seconds"],
+            )
+        )
+        out.append(
+            (
+                "rebuild: no transaction > 100 ms",
+                f"{rebuild['longest_transaction_ms']:.1f} ms",
+                "rebuild",
+                rebuild["longest_transaction_ms"] <= TARGETS["rebuild_longest_transaction_ms"],
+            )
+        )
+    rss = []
+    if ingest:
+        rss += [v for k, v in ingest["peak_rss_mib"].items() if k != "baseline" and v]
+    if batch and batch.get("peak_rss_mib"):
+        rss.append(batch["peak_rss_mib"])
+    if queries:
+        rss += [s["server_peak_rss_mib"] for s in queries["sizes"] if s["server_peak_rss_mib"]]
+    if rss:
+        out.append(
+            (
+                "server peak RSS ≤ 150 MB",
+                f"{max(rss):.0f} MiB",
+                "all",
+                max(rss) <= TARGETS["rss_mib"],
+            )
+        )
+    return out
+
+
+def target_lines() -> list[str]:
+    lines = ["| target | measured | met |", "|---|---|---|"]
+    for name, measured, _, met in targets():
+        lines.append(f"| {name} | {measured} | {'yes' if met else 'no'} |")
+    return lines
+
+
+def plots() -> list[str]:
+    """Write the PNGs; returns their paths (empty without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        h.say("  (matplotlib is not installed: no plots)")
+        return []
+    written = []
+    ingest = h.load("ingest")
+    if ingest:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for row in ingest["summary"]:
+            pcts = row["percentiles_ms"]
+            xs = list(pcts)
+            style = "--" if row["kind"] == "baseline" else "-"
+            ax.plot(
+                xs,
+                [pcts[x] for x in xs],
+                style,
+                marker="o",
+                label=f"{row['kind']}, {row['connections']} conns ({row['rps']:,.0f}/s)",
+            )
+        ax.set_yscale("log")
+        ax.set_xlabel("percentile")
+        ax.set_ylabel("latency (ms, log scale)")
+        ax.set_title("POST /events latency percentiles (wrk, 2 threads)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = h.RESULTS / "ingest_latency.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(str(path.relative_to(h.ROOT)))
+    queries = h.load("queries")
+    if queries:
+        sizes = sorted(queries["sizes"], key=lambda s: s["events"])
+        names = [q["name"] for q in sizes[0]["queries"]]
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+        for ax, field, title in (
+            (axes[0], "http_p99_ms", "HTTP p99 (rollup + edge days)"),
+            (axes[1], "count_p50_ms", "COUNT(*) on the log, p50"),
+        ):
+            for name in names:
+                xs, ys = [], []
+                for size in sizes:
+                    q = next(q for q in size["queries"] if q["name"] == name)
+                    xs.append(size["events"])
+                    ys.append(q[field])
+                ax.plot(xs, ys, marker="o", label=name)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("events in the database")
+            ax.set_title(title)
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0].set_ylabel("latency (ms, log scale)")
+        axes[1].legend(fontsize=7)
+        fig.tight_layout()
+        path = h.RESULTS / "query_latency.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(str(path.relative_to(h.ROOT)))
+    return written
+
+
+def render() -> None:
+    lines = tables()
+    lines += ["**Targets (issue 6)**", "", *target_lines(), ""]
+    meta = next((h.load(s) for s in ("ingest", "queries", "batch", "rebuild") if h.load(s)), None)
+    if meta:
+        m = meta["machine"]
+        lines.insert(
+            0,
+            f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux "
+            f"{m['kernel']}, Python {m['python']}, SQLite {m['sqlite']}, {m['wrk']}. "
+            f"Date {meta['date']}, commit {meta['commit']}, `{meta['command']}`.\n",
+        )
+    text = "\n".join(lines)
+    (h.RESULTS / "table.md").write_text(text + "\n")
+    h.say("\n" + text)
+    for path in plots():
+        h.say(f"plot: {path}")

@@ -89,6 +89,8 @@ def cors_middleware(allowed: tuple[str, ...]) -> Callable[..., Awaitable[web.Str
         response = await handler(request)
         if permitted:
             response.headers["Access-Control-Allow-Origin"] = permitted
+            # Cross-origin clients must see Retry-After to back off as asked.
+            response.headers["Access-Control-Expose-Headers"] = "Retry-After"
             if permitted != "*":
                 response.headers["Vary"] = "Origin"
         return response

@@ -54,6 +54,7 @@ async def test_cors_preflight_and_headers(make_client) -> None:
     assert "Idempotency-Key" in preflight.headers["Access-Control-Allow-Headers"]
     get = await client.get("/analytics/event-counts", headers={"Origin": "https://shop.example"})
     assert get.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+    assert "Retry-After" in get.headers["Access-Control-Expose-Headers"]
     other = await client.get("/analytics/event-counts", headers={"Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in other.headers
 

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 import config as settings
+import docs_routes
 from config import Config
 from ingest import handlers as ingest_handlers
 from ingest.handlers import BODY_TIMEOUT, STORE, WRITER
@@ -74,6 +75,7 @@ def create_app(config: Config) -> web.Application:
     query_handlers.setup_routes(app)
     web_pages.setup_routes(app)
     rollup_admin.setup(app, config)  # after _storage: the scheduler stops first
+    docs_routes.setup_routes(app)  # /openapi.json and /docs
     return app
 
 

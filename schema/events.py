@@ -59,12 +59,26 @@ def _depth(value: Any) -> int:
 
 
 UserId = Annotated[
-    str, Field(min_length=1, max_length=MAX_USER_ID_CHARS), AfterValidator(_not_blank)
+    str,
+    # The pattern only documents "not only whitespace" (OpenAPI); _not_blank enforces it.
+    Field(min_length=1, max_length=MAX_USER_ID_CHARS, json_schema_extra={"pattern": r"\S"}),
+    AfterValidator(_not_blank),
 ]
 # A JSON number: ints are accepted, bools, strings, NaN and infinities are not.
-Latitude = Annotated[float, Field(allow_inf_nan=False), _within(-90, 90)]
-Longitude = Annotated[float, Field(allow_inf_nan=False), _within(-180, 180)]
-Accuracy = Annotated[float, Field(allow_inf_nan=False), _within(0, None)]
+# json_schema_extra documents the bounds (OpenAPI); _within enforces them with our messages.
+Latitude = Annotated[
+    float,
+    Field(allow_inf_nan=False, json_schema_extra={"minimum": -90, "maximum": 90}),
+    _within(-90, 90),
+]
+Longitude = Annotated[
+    float,
+    Field(allow_inf_nan=False, json_schema_extra={"minimum": -180, "maximum": 180}),
+    _within(-180, 180),
+]
+Accuracy = Annotated[
+    float, Field(allow_inf_nan=False, json_schema_extra={"minimum": 0}), _within(0, None)
+]
 
 
 class _Payload(BaseModel):
@@ -213,8 +227,18 @@ def check_batch(obj: Any) -> tuple[list[Event], list[dict[str, str]]]:
 class Accepted(BaseModel):
     """The 202 answer to ``POST /events``."""
 
-    event_id: str
-    timestamp: str
+    event_id: Annotated[
+        str, Field(description="lowercase UUID version 7", json_schema_extra={"format": "uuid"})
+    ]
+    timestamp: Annotated[
+        str,
+        Field(
+            description="when the server received the event: UTC, microseconds",
+            json_schema_extra={
+                "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$",
+            },
+        ),
+    ]
 
 
 class BatchAccepted(BaseModel):

@@ -16,12 +16,14 @@ from schema.events import EVENT_TYPES
 from schema.problems import bad_request
 from schema.timestamps import UTC, format_ts
 
-_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
+# re.ASCII: \d is 0-9 only (without it, "٢٠٢٥-٠١-٠١" would be read as 2025-01-01).
+_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$", re.ASCII)
 # RFC 3339 date-time. A space before the offset is read as "+": an unencoded "+" in a
 # query string arrives as a space.
 _DATETIME = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"(?:(?P<z>[Zz])|(?P<sign>[+\- ])(?P<oh>\d{2}):(?P<om>\d{2}))?$"
+    r"(?:(?P<z>[Zz])|(?P<sign>[+\- ])(?P<oh>\d{2}):(?P<om>\d{2}))?$",
+    re.ASCII,
 )
 MAX_PARAM_CHARS = 64
 

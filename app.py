@@ -25,7 +25,12 @@ from config import Config
 from ingest import handlers as ingest_handlers
 from ingest.handlers import BODY_TIMEOUT, STORE, WRITER
 from ingest.writer import Writer
-from middlewares import AccessLogger, cors_middleware, problem_middleware
+from middlewares import (
+    AccessLogger,
+    cors_middleware,
+    problem_middleware,
+    quiet_protocol_errors,
+)
 from query import handlers as query_handlers
 from rollup import admin as rollup_admin
 from rollup import cli as rollup_cli
@@ -115,6 +120,7 @@ def _configure_logging(level: str) -> None:
 
 def serve(config: Config) -> None:
     _configure_logging(config.log_level)
+    quiet_protocol_errors()  # malformed HTTP: one WARNING line, not a traceback
     try:
         import uvloop
 

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
 from schema.problems import Problem, problem_response, summary, validation_errors
@@ -114,3 +115,27 @@ class AccessLogger(AbstractAccessLogger):
         self.logger.info(
             "%s %s %s %.1fms", request.method, request.path, response.status, time * 1000
         )
+
+
+class ProtocolErrorFilter(logging.Filter):
+    """aiohttp answers malformed HTTP (a request line or header over 8190 bytes, a bad
+    header) with a plain 400 before any handler runs, and logs it as an ERROR traceback
+    that quotes the client's bytes. It is the client's fault, already answered: keep one
+    WARNING line without those bytes, so a client cannot flood the log with tracebacks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and record.levelno >= logging.ERROR:
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = "refused a malformed HTTP request from %s: %s (%s)"
+            record.args = (remote, type(exc).__name__, exc.code)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_protocol_errors() -> None:
+    """Install ``ProtocolErrorFilter`` on aiohttp's server logger (idempotent)."""
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ProtocolErrorFilter) for f in logger.filters):
+        logger.addFilter(ProtocolErrorFilter())

@@ -499,3 +499,30 @@ async def test_html_pages_carry_security_headers(client: TestClient, path: str) 
     assert "frame-ancestors" in directives
     html = await response.text()
     assert "<script>" not in html.replace(" ", "").lower()  # no inline script to allow
+
+
+@pytest.mark.slow
+def test_protocol_abuse_is_one_warning_line_not_a_traceback(tmp_path) -> None:
+    """aiohttp answers a request line or header over 8190 bytes with a plain 400 before any
+    handler runs (no problem+json is possible there); the service logs it as one WARNING
+    line without the client's bytes, not as an ERROR traceback quoting them."""
+    import socket
+
+    from scripts.crash_test import Service
+
+    service = Service(tmp_path / "abuse.db")
+    service.start()
+    try:
+        for request in (
+            b"GET /analytics/event-counts?" + b"q" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Big: " + b"z" * 9000 + b"\r\n\r\n",
+        ):
+            with socket.create_connection(("127.0.0.1", service.port), timeout=TIMEOUT) as sock:
+                sock.sendall(request)
+                assert sock.recv(65536).startswith(b"HTTP/1.0 400 ")
+    finally:
+        assert service.terminate() == 0
+    log = service.log()
+    assert "Traceback" not in log and " ERROR " not in log, log
+    assert log.count("malformed HTTP request") == 2, log
+    assert "qqqqqqqq" not in log and "zzzzzzzz" not in log

@@ -352,6 +352,69 @@ def graceful_shutdown(workdir: Path, *, load_s: float = 1.0, seed: int | None = 
     )
 
 
+@dataclass
+class Overload:
+    accepted: int
+    refused: int
+    in_log: int
+    locked_503_after_s: float
+
+
+def overload(workdir: Path, *, flood: int = 300, hold_s: float = 0.15) -> Overload:
+    """A flood against a 20-event write queue while another process holds the write lock:
+    202 for what fits, 503 + Retry-After for the rest, and afterwards log == acknowledged.
+    Then a lock held past the busy timeout: 503 within about that timeout, and recovery."""
+    db = workdir / "overload.db"
+    service = Service(db, "--queue-max-events", "20", "--busy-timeout-ms", "300")
+    service.start()
+    try:
+
+        async def run() -> tuple[list[tuple[int, str | None, str]], float, int]:
+            async with aiohttp.ClientSession() as session:
+
+                async def one(i: int) -> tuple[int, str | None, str]:
+                    event = _event(f"flood-{i}", random.Random(i))
+                    async with session.post(service.url + "/events", json=event) as r:
+                        body = await r.read()
+                        return r.status, r.headers.get("Retry-After"), body.decode()
+
+                blocker = sqlite3.connect(db, isolation_level=None, timeout=5)
+                blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+                tasks = [asyncio.ensure_future(one(i)) for i in range(flood)]
+                await asyncio.sleep(hold_s)  # shorter than busy_timeout: the queue waits
+                blocker.execute("ROLLBACK")
+                results = await asyncio.gather(*tasks)
+
+                blocker.execute("BEGIN IMMEDIATE")  # now past the busy timeout: 503, no hang
+                started = time.monotonic()
+                locked = await one(flood)
+                took = time.monotonic() - started
+                blocker.execute("ROLLBACK")
+                blocker.close()
+                after = await one(flood + 1)  # recovers by itself
+                return [*results, after], took, locked[0]
+
+        results, took, locked_status = asyncio.run(run())
+    finally:
+        service.terminate()
+    statuses = {status for status, _, _ in results}
+    assert statuses <= {202, 503}, statuses
+    assert locked_status == 503 and took < 0.3 + 2.0, (locked_status, took)
+    assert results[-1][0] == 202, "the service did not recover after the lock was released"
+    acknowledged = {json.loads(body)["event_id"] for status, _, body in results if status == 202}
+    for status, retry_after, _ in results:
+        if status == 503:
+            assert retry_after is not None and retry_after.isdigit()
+    in_log, n = check_database(db)
+    assert in_log == acknowledged, "log != acknowledged"
+    return Overload(
+        accepted=sum(1 for status, _, _ in results[:-1] if status == 202),
+        refused=sum(1 for status, _, _ in results[:-1] if status == 503),
+        in_log=n,
+        locked_503_after_s=round(took, 3),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="crash rounds (default 5)")
@@ -359,7 +422,9 @@ def main(argv: list[str] | None = None) -> int:
         "--duration", type=float, default=2.0, help="longest load before the kill, s"
     )
     parser.add_argument("--seed", type=int, default=None, help="random seed (kill points)")
-    parser.add_argument("--shutdown", action="store_true", help="also run the SIGTERM round")
+    parser.add_argument(
+        "--shutdown", action="store_true", help="also run the SIGTERM and overload rounds"
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="keep the database here")
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as stack:
@@ -378,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.shutdown:
             print(f"shutdown: {graceful_shutdown(workdir, seed=args.seed)}")
+            print(f"overload: {overload(workdir)}")
     return 0
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.crash_test import crash_rounds, graceful_shutdown
+from scripts.crash_test import crash_rounds, graceful_shutdown, overload
 
 pytestmark = pytest.mark.slow
 
@@ -34,3 +34,12 @@ def test_sigterm_under_load_answers_everything_and_exits_0(tmp_path: Path) -> No
     assert result.exit_code == 0
     assert result.acknowledged > 0
     assert result.stored_unanswered == 0
+
+
+def test_flood_against_a_small_queue_and_a_locked_database(tmp_path: Path) -> None:
+    """The real process: a 20-event queue bound, a flood of 300 while another process holds
+    the write lock; then a lock held past the 300 ms busy timeout."""
+    result = overload(tmp_path)
+    print(f"\noverload split: {result.accepted} x 202, {result.refused} x 503; {result}")
+    assert result.accepted >= 20 and result.refused >= 200
+    assert result.locked_503_after_s < 2.3

@@ -72,7 +72,7 @@ def create_app(config: Config) -> web.Application:
         client_max_size=MAX_REQUEST_BYTES,
     )
     app[CONFIG] = config
-    app[BODY_TIMEOUT] = 10.0
+    app[BODY_TIMEOUT] = config.body_timeout_s
     app.cleanup_ctx.append(_storage)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -116,6 +116,8 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # aiosqlite's DEBUG lines carry SQL arguments, i.e. user data: never log them.
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.getLogger().level))
 
 
 def serve(config: Config) -> None:

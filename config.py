@@ -59,6 +59,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("synchronous", "FULL", str, "SQLite synchronous mode: FULL (power-cut safe) or NORMAL"),
     Setting("idempotency_hours", 24.0, float, "how long Idempotency-Key replays are remembered"),
+    Setting("body_timeout_s", 10.0, float, "seconds a client may take to send its body (408)"),
     Setting("log_level", "INFO", str, "logging level"),
     Setting("access_log", True, _bool, "log one line per request"),
 )
@@ -77,6 +78,7 @@ class Config:
     busy_timeout_ms: int = 5_000
     synchronous: str = "FULL"
     idempotency_hours: float = 24.0
+    body_timeout_s: float = 10.0
     log_level: str = "INFO"
     access_log: bool = True
 
@@ -85,7 +87,7 @@ class Config:
             raise ValueError("synchronous must be FULL, NORMAL or EXTRA")
         if self.queue_max_events < 1 or self.commit_max_events < 1:
             raise ValueError("queue_max_events and commit_max_events must be positive")
-        for name in ("reconcile_minutes", "idempotency_hours", "busy_timeout_ms"):
+        for name in ("reconcile_minutes", "idempotency_hours", "busy_timeout_ms", "body_timeout_s"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0")

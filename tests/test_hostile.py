@@ -21,7 +21,6 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from app import create_app
 from config import Config
-from ingest.handlers import BODY_TIMEOUT
 from middlewares import AccessLogger
 from schema.events import MAX_BATCH_BODY_BYTES, MAX_PAYLOAD_BYTES
 from tests.helpers import assert_problem, stored, view
@@ -99,9 +98,7 @@ def short_timeout_client(aiohttp_client: Callable[..., TestClient], config: Conf
     """The app with a 0.5 s body timeout (the service default is 10 s)."""
 
     async def make() -> TestClient:
-        app = create_app(config)
-        app[BODY_TIMEOUT] = 0.5
-        return await aiohttp_client(app)
+        return await aiohttp_client(create_app(replace(config, body_timeout_s=0.5)))
 
     return make
 

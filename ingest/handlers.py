@@ -12,9 +12,9 @@ import re
 from typing import Any
 
 import orjson
-import uuid_utils
 from aiohttp import web
 
+from ingest.stamps import stamp_events
 from ingest.writer import (
     IdempotencyConflictError,
     QueueFullError,
@@ -31,7 +31,6 @@ from schema.events import (
 )
 from schema.problems import Problem, bad_request
 from schema.store import EventRow, SQLiteStore, is_busy
-from schema.timestamps import format_ts, now
 
 STORE = web.AppKey("store", SQLiteStore)
 WRITER = web.AppKey("writer", Writer)
@@ -73,20 +72,20 @@ async def _ingest(
         if prior is not None:
             return _replay(prior, digest)
 
-    received = now()
-    timestamp = format_ts(received)
     rows: list[EventRow] = [
-        (str(uuid_utils.uuid7()), event.user_id, event.event_type, timestamp, _dumps(payload))
-        for event, payload in events
+        (event_id, event.user_id, event.event_type, timestamp, _dumps(payload))
+        for (event, payload), (event_id, timestamp) in zip(
+            events, stamp_events(len(events)), strict=True
+        )
     ]
-    accepted = [{"event_id": row[0], "timestamp": timestamp} for row in rows]
+    accepted = [{"event_id": row[0], "timestamp": row[3]} for row in rows]
     answer: Any = {"accepted": len(rows), "events": accepted} if batch else accepted[0]
     write = WriteRequest(
         rows=rows,
         response=orjson.dumps(answer).decode(),
         key=key,
         request_hash=digest,
-        created_at=timestamp,
+        created_at=rows[0][3],
     )
     try:
         response = await request.app[WRITER].submit(write)

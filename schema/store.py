@@ -206,7 +206,8 @@ class SQLiteStore:
         counts: dict[tuple[str, str], int] = {}
         day_range = (plan.first_day or LOWEST, plan.end_day or HIGHEST)
         whole = plan.first_day is None or plan.end_day is None or plan.first_day < plan.end_day
-        in_transaction = bool(plan.slices) and whole
+        # More than one statement: read them in one snapshot.
+        in_transaction = len(plan.slices) + whole > 1
         if in_transaction:
             await conn.execute("BEGIN")
         try:

@@ -309,3 +309,18 @@ async def test_event_ids_are_unique_and_time_ordered(client: TestClient) -> None
         ids.append((await (await post(client, view())).json())["event_id"])
     assert len(set(ids)) == 20
     assert ids == sorted(ids)
+
+
+async def test_event_id_embeds_the_timestamps_millisecond(client: TestClient) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+
+    batch = {"events": [view(user=f"u{i}") for i in range(1000)]}
+    response = await client.post("/events/batch", data=orjson.dumps(batch), headers=JSON)
+    acks = (await response.json())["events"] + [(await (await post(client, view())).json())]
+    for ack in acks:
+        embedded_ms = int(ack["event_id"].replace("-", "")[:12], 16)
+        stamped = datetime.fromisoformat(ack["timestamp"].replace("Z", "+00:00"))
+        assert embedded_ms == (stamped - epoch) // timedelta(milliseconds=1), ack
+    assert [a["timestamp"] for a in acks] == sorted(a["timestamp"] for a in acks)

@@ -17,6 +17,10 @@ log = logging.getLogger("analytics.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _KEEP_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
+_ROUTING_ERRORS = {
+    404: [{"field": "path", "message": "is not an endpoint of this service"}],
+    405: [{"field": "method", "message": "is not allowed here (see the Allow header)"}],
+}
 _DETAILS = {
     404: "no such endpoint: {method} {path}",
     405: "{method} is not allowed on {path}",
@@ -45,7 +49,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             template.format(method=request.method, path=request.path) if template else exc.reason
         )
         headers = {h: exc.headers[h] for h in _KEEP_HEADERS if h in exc.headers}
-        return problem_response(exc.status, detail, headers=headers)
+        return problem_response(exc.status, detail, _ROUTING_ERRORS.get(exc.status, ()), headers)
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return problem_response(500, "internal server error; the cause is in the server log")
@@ -92,8 +96,8 @@ def cors_middleware(allowed: tuple[str, ...]) -> Callable[..., Awaitable[web.Str
             response.headers["Access-Control-Allow-Origin"] = permitted
             # Cross-origin clients must see Retry-After to back off as asked.
             response.headers["Access-Control-Expose-Headers"] = "Retry-After"
-            if permitted != "*":
-                response.headers["Vary"] = "Origin"
+        if not any_origin:  # the answer depends on Origin: caches must know
+            response.headers["Vary"] = "Origin"
         return response
 
     return middleware

@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import zlib
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from ingest.stamps import stamp_events
 from ingest.writer import (
@@ -158,15 +161,32 @@ async def _read_json(request: web.Request, limit: int) -> Any:
             f"Content-Type must be application/json or text/plain, not {request.content_type!r}",
             [{"field": "Content-Type", "message": "must be application/json or text/plain"}],
         )
-    charset = request.charset
-    if charset and charset.lower().replace("_", "-") not in {"utf-8", "utf8"}:
-        raise Problem(
-            415,
-            "the body must be UTF-8 encoded",
-            [{"field": "Content-Type", "message": "charset must be utf-8"}],
-        )
+    # A declared charset is not trusted: JSON is UTF-8 (RFC 8259), and invalid UTF-8 is a 400.
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
+    try:
+        raw = await _read_body(request, limit)
+    except (
+        HttpProcessingError,
+        RequestPayloadError,
+        zlib.error,
+    ):  # e.g. gzip that will not inflate
+        raise Problem(
+            400,
+            "the body could not be decoded as its Content-Encoding says",
+            [{"field": "Content-Encoding", "message": "does not match the body"}],
+        ) from None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Problem(
+            400,
+            f"the body is not valid JSON: {exc.msg}",
+            [{"field": "body", "message": f"is not valid JSON: {exc.msg}"}],
+        ) from None
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
     if request.content.is_eof():
         # The whole body already arrived (the usual case for a small event): take it from
         # the buffer without a timer or a read loop. Same checks, same answers.
@@ -179,14 +199,7 @@ async def _read_json(request: web.Request, limit: int) -> Any:
                 raw = await _read_limited(request, limit)
         except TimeoutError:
             raise Problem(408, "the request body did not arrive in time") from None
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise Problem(
-            400,
-            f"the body is not valid JSON: {exc.msg}",
-            [{"field": "body", "message": f"is not valid JSON: {exc.msg}"}],
-        ) from None
+    return raw
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes:

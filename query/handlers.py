@@ -52,19 +52,24 @@ async def event_counts_by_day(request: web.Request) -> web.Response:
 
     first = start.at.date() if start and start.at else None
     last = end.at.date() if end and end.at else None
-    if last is None:  # default: through the last day that has data
-        last_data = await store.last_day_with_data()
-        last = date.fromisoformat(last_data) if last_data else first
-        if last is None:
-            return _json({"days": []})
-        if first is not None and last < first:
-            last = first
-    if first is None:
-        first = (
-            date.fromordinal(max(1, last.toordinal() - DEFAULT_DAYS + 1))
-            if start is None
-            else date.min
+    if first is None and start is not None:  # a start before the calendar: from day one
+        first = date.min
+    if last is None or first is None:
+        # Default: the last 30 days that have data (up to `last` when given), so the
+        # range starts at the 30th most recent such day and ends at the newest one.
+        recent = await store.recent_days_with_data(
+            DEFAULT_DAYS, until=last.isoformat() if last else None
         )
+        if last is None:
+            last = date.fromisoformat(recent[0]) if recent else first
+            if last is None:
+                return _json({"days": []})
+            if first is not None and last < first:
+                last = first
+        if first is None:
+            first = date.fromisoformat(recent[-1]) if recent else last
+            if (last - first).days + 1 > MAX_DAYS:  # sparse data: keep the newest days
+                first = date.fromordinal(last.toordinal() - MAX_DAYS + 1)
     if (last - first).days + 1 > MAX_DAYS:
         raise Problem(
             400,
@@ -77,11 +82,9 @@ async def event_counts_by_day(request: web.Request) -> web.Response:
     hi = span.hi if span.hi is not None else _after_day(last)
     counts = await store.count_by_day(plan_range(TimeRange(lo, hi)), _types(event_type))
     days = []
-    day = first
-    while day <= last:
-        key = day.isoformat()
+    for ordinal in range(first.toordinal(), last.toordinal() + 1):
+        key = date.fromordinal(ordinal).isoformat()
         days.append({"date": key, **{t: counts.get((key, t), 0) for t in EVENT_TYPES}})
-        day += timedelta(days=1)
     return _json({"days": days})
 
 

@@ -54,10 +54,11 @@ WHERE event_type IN ({marks}) AND timestamp >= ? AND timestamp < ?
 GROUP BY event_type
 """
 # Only well-formed days: a stray rollup key must not break the default range (reconcile removes it).
-LAST_DAY_SQL = (
-    "SELECT MAX(day) FROM daily_event_counts"
-    " WHERE day GLOB '[0-9][0-9][0-9][0-9]-[0-1][0-9]-[0-3][0-9]'"
-)
+RECENT_DAYS_SQL = """
+SELECT DISTINCT day FROM daily_event_counts
+WHERE day <= ? AND day GLOB '[0-9][0-9][0-9][0-9]-[0-1][0-9]-[0-3][0-9]'
+ORDER BY day DESC LIMIT ?
+"""
 PRUNE_KEYS_SQL = "DELETE FROM idempotency_keys WHERE created_at < ?"
 
 
@@ -247,10 +248,10 @@ class SQLiteStore:
                 await conn.execute("COMMIT")
         return counts
 
-    async def last_day_with_data(self) -> str | None:
-        async with self.reader.execute(LAST_DAY_SQL) as cursor:
-            row = await cursor.fetchone()
-        return row[0] if row else None
+    async def recent_days_with_data(self, n: int, until: str | None = None) -> list[str]:
+        """The ``n`` most recent days (``<= until``) that have events, newest first."""
+        async with self.reader.execute(RECENT_DAYS_SQL, (until or HIGHEST, n)) as cursor:
+            return [day async for (day,) in cursor]
 
     async def ping(self) -> bool:
         async with self.reader.execute("SELECT 1") as cursor:

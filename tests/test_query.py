@@ -154,9 +154,50 @@ async def test_counts_by_day_zero_filled(seeded: TestClient) -> None:
 
 async def test_counts_by_day_defaults_to_last_30_days_with_data(seeded: TestClient) -> None:
     days = (await (await seeded.get("/analytics/event-counts-by-day")).json())["days"]
-    assert len(days) == 30
-    assert days[-1]["date"] == "2025-05-04" and days[0]["date"] == "2025-04-05"
+    assert [d["date"] for d in days] == [
+        "2025-04-30",
+        "2025-05-01",
+        "2025-05-02",
+        "2025-05-03",
+        "2025-05-04",
+    ]
     assert sum(d["view"] + d["click"] + d["location"] for d in days) == 8
+
+
+async def test_counts_by_day_default_starts_at_the_30th_most_recent_day_with_data(
+    client: TestClient,
+) -> None:
+    await append(
+        client, [row("view", f"2025-03-{d:02d}T10:00:00.000000Z") for d in range(1, 32, 2)]
+    )
+    await append(
+        client, [row("click", f"2025-05-{d:02d}T10:00:00.000000Z") for d in range(1, 30, 2)]
+    )
+    days = (await (await client.get("/analytics/event-counts-by-day")).json())["days"]
+    with_data = [d["date"] for d in days if d["view"] or d["click"]]
+    assert len(with_data) == 30 and days[-1]["date"] == "2025-05-29"
+    assert days[0]["date"] == "2025-03-03"  # 15 May days + 15 March days; 2025-03-01 is the 31st
+    until = (
+        await (
+            await client.get("/analytics/event-counts-by-day", params={"end_date": "2025-03-31"})
+        ).json()
+    )["days"]
+    assert until[0]["date"] == "2025-03-01" and until[-1]["date"] == "2025-03-31"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"start_date": "9999-12-31"},
+        {"start_date": "9999-12-01", "end_date": "9999-12-31"},
+        {"end_date": "9999-12-31T23:59:59Z", "start_date": "9999-12-30"},
+    ],
+)
+async def test_counts_by_day_at_the_end_of_the_calendar(client: TestClient, params: dict) -> None:
+    response = await client.get("/analytics/event-counts-by-day", params=params)
+    assert response.status == 200
+    days = (await response.json())["days"]
+    assert days[-1] == {"date": "9999-12-31", "view": 0, "click": 0, "location": 0}
 
 
 async def test_counts_by_day_with_cut_days_and_type(seeded: TestClient) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiosqlite
+import orjson
 
 from rollup.apply import daily_deltas
 
@@ -32,6 +33,12 @@ HIGHEST = "~"
 INSERT_EVENTS_SQL = (
     "INSERT INTO events (event_id, user_id, event_type, timestamp, payload) VALUES (?, ?, ?, ?, ?)"
 )
+# The same rows as one JSON array ``[[event_id, user_id, event_type, timestamp, payload],
+# …]`` in one parameter (see _pack_rows).
+INSERT_PACKED_EVENTS_SQL = """
+INSERT INTO events (event_id, user_id, event_type, timestamp, payload)
+SELECT value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each(?)
+"""
 ADD_TO_ROLLUP_SQL = """
 INSERT INTO daily_event_counts (day, event_type, count) VALUES (?, ?, ?)
 ON CONFLICT (day, event_type) DO UPDATE SET count = count + excluded.count
@@ -82,6 +89,27 @@ class CountPlan:
     end_day: str | None
     slices: tuple[LogSlice, ...]
     empty: bool = False
+
+
+def _pack_rows(rows: Sequence[EventRow]) -> bytes | None:
+    """The rows as one JSON array for ``INSERT_PACKED_EVENTS_SQL``, or None to insert them
+    row by row.
+
+    Why: ``executemany`` steps SQLite once per row, and every step releases and retakes
+    the GIL; while the event loop validates the next requests it holds the GIL, so each
+    retake can wait a whole switch interval. One statement over ``json_each`` is one step
+    for the whole batch (batch ingest measured ~40 % faster, bench/). The values make the
+    round trip exactly (JSON strings, decoded by SQLite), except a NUL character, which
+    SQLite's JSON functions cut off: rows with one (only ``user_id`` can hold a raw NUL;
+    ``payload`` is JSON text, where control characters are escaped) use ``executemany``.
+    """
+    for row in rows:
+        if "\x00" in row[1] or "\x00" in row[4]:
+            return None
+    try:
+        return orjson.dumps(rows)
+    except TypeError:  # not JSON-serialisable (a caller's non-str value): row by row
+        return None
 
 
 def _marks(n: int) -> str:
@@ -156,7 +184,11 @@ class SQLiteStore:
         try:
             # The first INSERT begins the transaction (BEGIN IMMEDIATE, see open()).
             if rows:
-                await conn.executemany(INSERT_EVENTS_SQL, rows)
+                packed = _pack_rows(rows)
+                if packed is not None:  # one statement, one parameter: see _pack_rows
+                    await conn.executemany(INSERT_PACKED_EVENTS_SQL, [(packed,)])
+                else:
+                    await conn.executemany(INSERT_EVENTS_SQL, rows)
                 await conn.executemany(ADD_TO_ROLLUP_SQL, daily_deltas(rows))
             if keys:
                 await conn.executemany(INSERT_KEYS_SQL, keys)

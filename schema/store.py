@@ -256,25 +256,26 @@ class SQLiteStore:
         if in_transaction:
             await conn.execute("BEGIN")
         try:
+            # execute_fetchall: one round trip to aiosqlite's thread per statement (a
+            # cursor costs three or more: execute, fetch, close); the answers are small.
             if whole:
                 if whole_days_total:
-                    async with conn.execute(SUM_ROLLUP_SQL, day_range) as cursor:
-                        async for event_type, n in cursor:
-                            if event_type in wanted and n:
-                                counts[("", event_type)] = n
+                    for event_type, n in await conn.execute_fetchall(SUM_ROLLUP_SQL, day_range):
+                        if event_type in wanted and n:
+                            counts[("", event_type)] = n
                 else:
-                    async with conn.execute(ROLLUP_BY_DAY_SQL, day_range) as cursor:
-                        async for day, event_type, n in cursor:
-                            if event_type in wanted and n:
-                                counts[(day, event_type)] = n
+                    for day, event_type, n in await conn.execute_fetchall(
+                        ROLLUP_BY_DAY_SQL, day_range
+                    ):
+                        if event_type in wanted and n:
+                            counts[(day, event_type)] = n
             sql = COUNT_LOG_SQL.format(marks=_marks(len(wanted)))
             for part in plan.slices:
                 args = (*wanted, part.lo, part.hi or HIGHEST)
-                async with conn.execute(sql, args) as cursor:
-                    async for event_type, n in cursor:
-                        if n:
-                            key = (part.day, event_type)
-                            counts[key] = counts.get(key, 0) + n
+                for event_type, n in await conn.execute_fetchall(sql, args):
+                    if n:
+                        key = (part.day, event_type)
+                        counts[key] = counts.get(key, 0) + n
         finally:
             if in_transaction:
                 await conn.execute("COMMIT")

@@ -108,7 +108,8 @@ def tables() -> list[str]:
         ]
         if rebuild:
             lines.append(
-                f"| rollup rebuild from an empty rollup (`{rebuild['command']}`) | "
+                f"| rollup rebuild from an empty rollup (`{rebuild['command']}`), median of "
+                f"runs {rebuild['wall_seconds_all']} | "
                 f"{rebuild['events']:,} | {rebuild['wall_seconds']:.2f} | "
                 f"{rebuild['longest_transaction_ms']:.1f} ms |"
             )

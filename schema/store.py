@@ -8,11 +8,15 @@ with the writer. A PostgreSQL backend would implement the same methods.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiosqlite
 import orjson
@@ -20,6 +24,7 @@ import orjson
 from rollup.apply import daily_deltas
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A log row: (event_id, user_id, event_type, timestamp, payload JSON).
 EventRow = tuple[str, str, str, str, str]
@@ -131,102 +136,120 @@ class SQLiteStore:
         self.path = str(path)
         self.synchronous = synchronous.upper()
         self.busy_timeout_ms = busy_timeout_ms
-        self._writer: aiosqlite.Connection | None = None
+        # The writer: a plain sqlite3 connection confined to one thread of its own. Each
+        # write transaction is one function call on that thread, i.e. one hand-off from the
+        # event loop. (aiosqlite hands off once per statement; under load every hand-off
+        # waits for turns of the busy loop, which made commits wait on the loop, not the
+        # disk: see bench/ and the README.)
+        self._write_thread: ThreadPoolExecutor | None = None
+        self._writer: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
 
-    async def _connect(self, *, cache_mib: int) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        await conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-        await conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-        await conn.execute(f"PRAGMA cache_size = {-1024 * cache_mib}")
-        await conn.execute("PRAGMA temp_store = MEMORY")
-        return conn
+    def _pragmas(self, *, cache_mib: int) -> list[str]:
+        return [
+            f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}",
+            f"PRAGMA synchronous = {self.synchronous}",
+            f"PRAGMA cache_size = {-1024 * cache_mib}",
+            "PRAGMA temp_store = MEMORY",
+        ]
 
     async def open(self) -> None:
-        self._writer = await self._connect(cache_mib=32)
-        # The writer's first INSERT of a transaction begins it itself (sqlite3 issues BEGIN
-        # IMMEDIATE in the same call), so append() needs no separate BEGIN: one round trip
-        # to aiosqlite's thread fewer per commit. Under load every round trip waits for a
-        # turn of the busy event loop (two, in fact), so this shortens each group commit.
-        # Statements other than INSERT/UPDATE/DELETE/REPLACE never open a transaction, and
-        # explicit BEGIN ... COMMIT (prune_keys) works as before.
-        self._writer.isolation_level = "IMMEDIATE"
-        self._reader = await self._connect(cache_mib=16)
-        await self._reader.execute("PRAGMA query_only = ON")
+        self._write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._writer = await self._on_writer(self._open_writer)
+        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+        for pragma in [*self._pragmas(cache_mib=16), "PRAGMA query_only = ON"]:
+            await self._reader.execute(pragma)
+
+    def _open_writer(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        for pragma in self._pragmas(cache_mib=32):
+            conn.execute(pragma)
+        return conn
 
     async def close(self) -> None:
-        for conn in (self._reader, self._writer):
-            if conn is not None:
-                await conn.close()
-        self._reader = self._writer = None
+        if self._reader is not None:
+            await self._reader.close()
+        if self._writer is not None:
+            await self._on_writer(self._writer.close)
+        if self._write_thread is not None:
+            self._write_thread.shutdown(wait=True)
+        self._reader = self._writer = self._write_thread = None
 
-    @property
-    def writer(self) -> aiosqlite.Connection:
-        assert self._writer is not None, "store is not open"
-        return self._writer
+    async def _on_writer(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the writer's thread."""
+        assert self._write_thread is not None, "store is not open"
+        return await asyncio.get_running_loop().run_in_executor(self._write_thread, fn, *args)
 
     @property
     def reader(self) -> aiosqlite.Connection:
         assert self._reader is not None, "store is not open"
         return self._reader
 
-    # --- writing -------------------------------------------------------------------
+    # --- writing (each method is one transaction on the writer's thread) ----------------
 
     async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = ()) -> None:
         """Append events, add them to the daily rollup and record idempotency keys,
         all in one transaction: either everything is committed or nothing is."""
-        if not rows and not keys:
-            return
-        conn = self.writer
-        if conn.in_transaction:  # never join a transaction a failed rollback left open
-            log.warning("writer connection was left in a transaction; rolling it back")
-            await self._rollback(conn)
-        try:
-            # The first INSERT begins the transaction (BEGIN IMMEDIATE, see open()).
+        if rows or keys:
+            await self._on_writer(self._append, rows, keys)
+
+    def _append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow]) -> None:
+        with self._write_transaction() as conn:
             if rows:
                 packed = _pack_rows(rows)
                 if packed is not None:  # one statement, one parameter: see _pack_rows
-                    await conn.executemany(INSERT_PACKED_EVENTS_SQL, [(packed,)])
+                    conn.execute(INSERT_PACKED_EVENTS_SQL, (packed,))
                 else:
-                    await conn.executemany(INSERT_EVENTS_SQL, rows)
-                await conn.executemany(ADD_TO_ROLLUP_SQL, daily_deltas(rows))
+                    conn.executemany(INSERT_EVENTS_SQL, rows)
+                conn.executemany(ADD_TO_ROLLUP_SQL, daily_deltas(rows))
             if keys:
-                await conn.executemany(INSERT_KEYS_SQL, keys)
-            await conn.execute("COMMIT")
-        except BaseException:
-            await self._rollback(conn)
-            raise
+                conn.executemany(INSERT_KEYS_SQL, keys)
 
-    @staticmethod
-    async def _rollback(conn: aiosqlite.Connection) -> None:
+    @contextmanager
+    def _write_transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT on the writer; ROLLBACK and re-raise on any error."""
+        conn = self._writer
+        assert conn is not None, "store is not open"
+        if conn.in_transaction:  # never join a transaction a failed rollback left open
+            log.warning("writer connection was left in a transaction; rolling it back")
+            conn.execute("ROLLBACK")
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            if conn.in_transaction:
-                await conn.execute("ROLLBACK")
-        except sqlite3.Error:  # the original error matters more
-            log.exception("rollback failed")
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:  # the original error matters more
+                log.exception("rollback failed")
+            raise
 
     async def prune_keys(self, older_than: str) -> int:
         """Forget idempotency keys created before ``older_than`` (a timestamp string)."""
-        conn = self.writer
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
-            cursor = await conn.execute(PRUNE_KEYS_SQL, (older_than,))
-            await conn.execute("COMMIT")
-        except BaseException:
-            await self._rollback(conn)
-            raise
-        return cursor.rowcount
+        return await self._on_writer(self._prune_keys, older_than)
+
+    def _prune_keys(self, older_than: str) -> int:
+        with self._write_transaction() as conn:
+            return conn.execute(PRUNE_KEYS_SQL, (older_than,)).rowcount
 
     async def find_keys(
         self, keys: Sequence[str], *, use_writer: bool = False
     ) -> dict[str, tuple[bytes, str]]:
-        """Stored ``(request_hash, response)`` for those of ``keys`` already used."""
+        """Stored ``(request_hash, response)`` for those of ``keys`` already used
+        (``use_writer``: read on the writer's connection, in line with its commits)."""
         if not keys:
             return {}
-        conn = self.writer if use_writer else self.reader
         sql = FIND_KEYS_SQL.format(marks=_marks(len(keys)))
-        async with conn.execute(sql, list(keys)) as cursor:
-            return {key: (digest, response) async for key, digest, response in cursor}
+        if use_writer:
+            rows = await self._on_writer(self._read_on_writer, sql, list(keys))
+        else:
+            rows = await self.reader.execute_fetchall(sql, list(keys))
+        return {key: (digest, response) for key, digest, response in rows}
+
+    def _read_on_writer(self, sql: str, args: list[Any]) -> list[Any]:
+        assert self._writer is not None, "store is not open"
+        return self._writer.execute(sql, args).fetchall()
 
     # --- reading -------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from ingest.handlers import STORE, WRITER
+from ingest.handlers import WRITER
 from tests.helpers import assert_problem, stored, view
 
 JSON = {"Content-Type": "application/json"}
@@ -35,26 +35,20 @@ async def test_hundreds_of_concurrent_posts_are_all_committed(
 
 
 async def test_injected_storage_failure_answers_500_and_leaves_log_and_rollup_consistent(
-    client: TestClient, db: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+    client: TestClient, db: sqlite3.Connection
 ) -> None:
-    store = client.server.app[STORE]
-    real_executemany = store.writer.executemany
-    calls = {"n": 0}
-
-    async def failing_executemany(sql: str, rows):  # type: ignore[no-untyped-def]
-        # Let the event insert run, then fail the rollup update of the same transaction.
-        calls["n"] += 1
-        if "daily_event_counts" in sql and calls["n"] <= 2:
-            raise sqlite3.OperationalError("disk I/O error (injected)")
-        return await real_executemany(sql, rows)
-
-    monkeypatch.setattr(store.writer, "executemany", failing_executemany)
+    # A trigger makes the rollup update fail after the event insert of the same transaction.
+    db.execute(
+        "CREATE TRIGGER fail_rollup BEFORE INSERT ON daily_event_counts"
+        " BEGIN SELECT RAISE(ABORT, 'disk I/O error (injected)'); END"
+    )
     first = await client.post("/events", data=body(1), headers=JSON)
     problem = await assert_problem(first, 500)
     assert "disk" not in problem["detail"] and "sqlite" not in problem["detail"].lower()
     assert stored(db) == 0  # the event insert was rolled back with the rollup update
     assert db.execute("SELECT COUNT(*) FROM daily_event_counts").fetchone() == (0,)
 
+    db.execute("DROP TRIGGER fail_rollup")
     after = await client.post("/events", data=body(2), headers=JSON)  # the writer lives on
     assert after.status == 202
     assert stored(db) == 1

@@ -1,11 +1,13 @@
 """The one recount primitive, and reconcile/rebuild as loops over it.
 
 ``recount_day()`` counts one UTC day of the log per ``event_type`` (through the
-``(event_type, timestamp)`` index), reads that day's rollup rows, and — unless it is a
-dry run — writes the log's numbers, all inside one ``BEGIN IMMEDIATE`` transaction. The
-ingest writer cannot commit between the count and the repair (SQLite has one write
-lock), so the result is exact even while the service ingests; and since a transaction
-covers one day only, ingestion waits milliseconds, never the whole rebuild.
+``(event_type, timestamp)`` index) and reads that day's rollup rows in one read snapshot.
+A day that agrees is done (commits change log and rollup together, so it stays right).
+A day that differs is — unless it is a dry run — recounted and repaired inside one
+``BEGIN IMMEDIATE`` transaction: the ingest writer cannot commit between that count and
+the repair (SQLite has one write lock), so the result is exact even while the service
+ingests; and since a transaction covers one day, with a cache the snapshot read warmed,
+ingestion waits milliseconds, never the whole rebuild.
 
 A dry run reads in a plain (deferred) transaction instead: one WAL snapshot holds both
 the log and the rollup, so the difference it reports is exact too, and it never takes
@@ -140,15 +142,30 @@ def recount_day(
     conn: sqlite3.Connection, day: str, *, repair: bool
 ) -> tuple[dict[str, int], DayChange | None, float]:
     """Recount ``day`` from the log and compare it with the rollup; with ``repair``,
-    write the log's numbers in the same write transaction.
+    write the log's numbers in a write transaction that recounts first.
 
-    Returns ``(log counts, change or None, ms the transaction held)``. A ``day`` that is
-    not a real date (a stray rollup key) has no events, so its rows are removed.
+    Returns ``(log counts, change or None, ms a write transaction held)``. A ``day`` that
+    is not a real date (a stray rollup key) has no events, so its rows are removed.
+
+    The first look is a read snapshot, without the write lock: commits change the log and
+    the rollup together, so a day that agrees in a snapshot stays right, and only a day
+    that differs is recounted and repaired under the lock — with the cache already warm,
+    so ingestion waits for a warm count, never a cold one.
     """
     parsed = parse_day(day)
+    conn.execute("BEGIN")
+    try:
+        counted, stored = _count_and_read(conn, day, parsed)
+    finally:
+        conn.execute("COMMIT")
+    if stored == counted:
+        return counted, None, 0.0
+    if not repair:
+        return counted, DayChange(day, stored, counted), 0.0
+
     for attempt in range(1, BUSY_ATTEMPTS + 1):
         try:
-            conn.execute("BEGIN IMMEDIATE" if repair else "BEGIN")
+            conn.execute("BEGIN IMMEDIATE")
             break
         except sqlite3.OperationalError as exc:
             if not is_busy(exc) or attempt == BUSY_ATTEMPTS:
@@ -156,30 +173,37 @@ def recount_day(
             log.warning("rollup recount of %s: database busy, retrying", day)
     began = time.perf_counter()
     try:
-        counted: dict[str, int] = {}
-        if parsed is not None:
-            following = next_day(parsed)
-            hi = day_start(following) if following else HIGHEST
-            for event_type, n in conn.execute(COUNT_DAY_SQL, (*EVENT_TYPES, day_start(parsed), hi)):
-                if n:
-                    counted[event_type] = n
-        stored = dict(conn.execute(ROLLUP_OF_DAY_SQL, (day,)).fetchall())
+        counted, stored = _count_and_read(conn, day, parsed)  # exact: no commit can interleave
         change = None
         if stored != counted:
             change = DayChange(day, stored, counted)
-            if repair:
-                gone = [(day, t) for t in stored if t not in counted]
-                if gone:
-                    conn.executemany(DELETE_ROLLUP_SQL, gone)
-                fixed = [(day, t, n) for t, n in counted.items() if stored.get(t) != n]
-                if fixed:
-                    conn.executemany(SET_ROLLUP_SQL, fixed)
+            gone = [(day, t) for t in stored if t not in counted]
+            if gone:
+                conn.executemany(DELETE_ROLLUP_SQL, gone)
+            fixed = [(day, t, n) for t, n in counted.items() if stored.get(t) != n]
+            if fixed:
+                conn.executemany(SET_ROLLUP_SQL, fixed)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
     return counted, change, (time.perf_counter() - began) * 1000
+
+
+def _count_and_read(
+    conn: sqlite3.Connection, day: str, parsed: date | None
+) -> tuple[dict[str, int], dict[str, int]]:
+    """``(log counts per type, rollup rows)`` of one day, in the caller's transaction."""
+    counted: dict[str, int] = {}
+    if parsed is not None:
+        following = next_day(parsed)
+        hi = day_start(following) if following else HIGHEST
+        for event_type, n in conn.execute(COUNT_DAY_SQL, (*EVENT_TYPES, day_start(parsed), hi)):
+            if n:
+                counted[event_type] = n
+    stored = dict(conn.execute(ROLLUP_OF_DAY_SQL, (day,)).fetchall())
+    return counted, stored
 
 
 def days_to_check(

@@ -190,18 +190,28 @@ class SQLiteStore:
     async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = ()) -> None:
         """Append events, add them to the daily rollup and record idempotency keys,
         all in one transaction: either everything is committed or nothing is."""
-        if rows or keys:
-            await self._on_writer(self._append, rows, keys)
+        if not rows and not keys:
+            return
+        # Pure-Python preparation stays on the loop's thread: on the writer's thread it
+        # would hold the GIL against the loop; there, only SQLite runs (and releases it).
+        packed = _pack_rows(rows) if rows else None
+        deltas = daily_deltas(rows)
+        await self._on_writer(self._append, rows, packed, deltas, keys)
 
-    def _append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow]) -> None:
+    def _append(
+        self,
+        rows: Sequence[EventRow],
+        packed: bytes | None,
+        deltas: Sequence[tuple[str, str, int]],
+        keys: Sequence[KeyRow],
+    ) -> None:
         with self._write_transaction() as conn:
-            if rows:
-                packed = _pack_rows(rows)
-                if packed is not None:  # one statement, one parameter: see _pack_rows
-                    conn.execute(INSERT_PACKED_EVENTS_SQL, (packed,))
-                else:
-                    conn.executemany(INSERT_EVENTS_SQL, rows)
-                conn.executemany(ADD_TO_ROLLUP_SQL, daily_deltas(rows))
+            if packed is not None:  # one statement, one parameter: see _pack_rows
+                conn.execute(INSERT_PACKED_EVENTS_SQL, (packed,))
+            elif rows:
+                conn.executemany(INSERT_EVENTS_SQL, rows)
+            if deltas:
+                conn.executemany(ADD_TO_ROLLUP_SQL, deltas)
             if keys:
                 conn.executemany(INSERT_KEYS_SQL, keys)
 

@@ -121,11 +121,8 @@ def _marks(n: int) -> str:
     return ", ".join("?" * n)
 
 
-class StorageBusyError(Exception):
-    """The database stayed locked past the busy timeout."""
-
-
 def is_busy(exc: BaseException) -> bool:
+    """The database stayed locked past the busy timeout (the caller answers 503)."""
     return isinstance(exc, sqlite3.OperationalError) and (
         "locked" in str(exc) or "busy" in str(exc)
     )

@@ -51,7 +51,7 @@ async def post_event(request: web.Request) -> web.Response:
     if errors:
         raise bad_request(errors)
     assert event is not None
-    return await _ingest(request, body, [event], batch=False)
+    return await _ingest(request, body, [(event, body["payload"])], batch=False)
 
 
 async def post_batch(request: web.Request) -> web.Response:
@@ -60,11 +60,12 @@ async def post_batch(request: web.Request) -> web.Response:
     events, errors = check_batch(body)
     if errors:
         raise bad_request(errors)
-    return await _ingest(request, body, events, batch=True)
+    pairs = [(event, raw["payload"]) for event, raw in zip(events, body["events"], strict=True)]
+    return await _ingest(request, body, pairs, batch=True)
 
 
 async def _ingest(
-    request: web.Request, body: Any, events: list[Event], *, batch: bool
+    request: web.Request, body: Any, events: list[tuple[Event, dict[str, Any]]], *, batch: bool
 ) -> web.Response:
     key = _idempotency_key(request)
     digest = _request_hash(request.path, body) if key else None
@@ -75,8 +76,10 @@ async def _ingest(
             return _replay(prior, digest)
 
     rows: list[EventRow] = [
-        (event_id, event.user_id, event.event_type, timestamp, event.payload.as_json)
-        for event, (event_id, timestamp) in zip(events, stamp_events(len(events)), strict=True)
+        (event_id, event.user_id, event.event_type, timestamp, _dumps(payload))
+        for (event, payload), (event_id, timestamp) in zip(
+            events, stamp_events(len(events)), strict=True
+        )
     ]
     accepted = [{"event_id": row[0], "timestamp": row[3]} for row in rows]
     answer: Any = {"accepted": len(rows), "events": accepted} if batch else accepted[0]
@@ -123,6 +126,10 @@ def _key_conflict() -> Problem:
 
 def _accepted(body: str) -> web.Response:
     return web.Response(status=202, text=body, content_type="application/json")
+
+
+def _dumps(payload: dict[str, Any]) -> str:
+    return orjson.dumps(payload).decode()
 
 
 def _request_hash(path: str, body: Any) -> bytes:

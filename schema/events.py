@@ -14,8 +14,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ModelWrapValidatorHandler,
-    PrivateAttr,
     TypeAdapter,
     ValidationError,
     model_validator,
@@ -84,19 +82,13 @@ Accuracy = Annotated[
 
 
 class _Payload(BaseModel):
-    """A payload keeps keys it does not know (``extra="allow"``) but checks its size.
-
-    The size check serialises the payload as sent; that text is kept (``as_json``), so
-    the log stores exactly it and ingestion does not serialise every payload twice.
-    """
+    """A payload keeps keys it does not know (``extra="allow"``) but checks its size."""
 
     model_config = ConfigDict(strict=True, extra="allow")
-    _as_json: str = PrivateAttr(default="")
 
-    @model_validator(mode="wrap")
+    @model_validator(mode="before")
     @classmethod
-    def _bounded(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
-        serialized = b""
+    def _bounded(cls, data: Any) -> Any:
         if isinstance(data, dict):
             if _depth(data) > MAX_PAYLOAD_DEPTH:
                 raise PydanticCustomError(
@@ -105,24 +97,16 @@ class _Payload(BaseModel):
                     {"depth": MAX_PAYLOAD_DEPTH},
                 )
             try:
-                serialized = orjson.dumps(data)
+                size = len(orjson.dumps(data))
             except TypeError as exc:  # only reachable from Python callers, not JSON
                 raise PydanticCustomError("not_json", "must be JSON-serialisable") from exc
-            if len(serialized) > MAX_PAYLOAD_BYTES:
+            if size > MAX_PAYLOAD_BYTES:
                 raise PydanticCustomError(
                     "too_large",
                     "must be at most {limit} bytes serialized (is {size})",
-                    {"limit": MAX_PAYLOAD_BYTES, "size": len(serialized)},
+                    {"limit": MAX_PAYLOAD_BYTES, "size": size},
                 )
-        model = handler(data)
-        if serialized:
-            model._as_json = serialized.decode()
-        return model
-
-    @property
-    def as_json(self) -> str:
-        """The payload as sent (all keys, extra ones included), as JSON text."""
-        return self._as_json or orjson.dumps(self.model_dump()).decode()
+        return data
 
 
 class ViewPayload(_Payload):

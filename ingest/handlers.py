@@ -47,27 +47,33 @@ RETRY_AFTER = {"Retry-After": "1"}
 async def post_event(request: web.Request) -> web.Response:
     """Store one event; 202 ``{"event_id", "timestamp"}`` once committed."""
     body = await _read_json(request, MAX_EVENT_BODY_BYTES)
+    key, key_errors = _idempotency_key(request)
     event, errors = check_event(body)
-    if errors:
-        raise bad_request(errors)
+    if errors or key_errors:  # every problem in one answer
+        raise bad_request(errors + key_errors)
     assert event is not None
-    return await _ingest(request, body, [(event, body["payload"])], batch=False)
+    return await _ingest(request, key, body, [(event, body["payload"])], batch=False)
 
 
 async def post_batch(request: web.Request) -> web.Response:
     """Store 1–1000 events all or nothing; 202 ``{"accepted", "events"}`` in request order."""
     body = await _read_json(request, MAX_BATCH_BODY_BYTES)
+    key, key_errors = _idempotency_key(request)
     events, errors = check_batch(body)
-    if errors:
-        raise bad_request(errors)
+    if errors or key_errors:
+        raise bad_request(errors + key_errors)
     pairs = [(event, raw["payload"]) for event, raw in zip(events, body["events"], strict=True)]
-    return await _ingest(request, body, pairs, batch=True)
+    return await _ingest(request, key, body, pairs, batch=True)
 
 
 async def _ingest(
-    request: web.Request, body: Any, events: list[tuple[Event, dict[str, Any]]], *, batch: bool
+    request: web.Request,
+    key: str | None,
+    body: Any,
+    events: list[tuple[Event, dict[str, Any]]],
+    *,
+    batch: bool,
 ) -> web.Response:
-    key = _idempotency_key(request)
     digest = _request_hash(request.path, body) if key else None
     store = request.app[STORE]
     if key:  # fast path for a retry of a committed request: no trip through the writer
@@ -138,19 +144,15 @@ def _request_hash(path: str, body: Any) -> bytes:
     return hashlib.sha256(path.encode() + b"\n" + canonical).digest()
 
 
-def _idempotency_key(request: web.Request) -> str | None:
+def _idempotency_key(request: web.Request) -> tuple[str | None, list[dict[str, str]]]:
+    """The optional key, or the problem with it."""
     if "Idempotency-Key" not in request.headers:  # the common case, without a list
-        return None
-    values = request.headers.getall("Idempotency-Key", [])
-    if not values:
-        return None
+        return None, []
+    values = request.headers.getall("Idempotency-Key")
     if len(values) > 1 or not _KEY.match(values[0]):
-        raise Problem(
-            400,
-            "Idempotency-Key must be one header of 1 to 255 visible ASCII characters",
-            [{"field": "Idempotency-Key", "message": "must be 1 to 255 visible ASCII characters"}],
-        )
-    return values[0]
+        message = "must be one header of 1 to 255 visible ASCII characters"
+        return None, [{"field": "Idempotency-Key", "message": message}]
+    return values[0], []
 
 
 async def _read_json(request: web.Request, limit: int) -> Any:
@@ -166,11 +168,7 @@ async def _read_json(request: web.Request, limit: int) -> Any:
         raise _too_large(limit)
     try:
         raw = await _read_body(request, limit)
-    except (
-        HttpProcessingError,
-        RequestPayloadError,
-        zlib.error,
-    ):  # e.g. gzip that will not inflate
+    except (HttpProcessingError, RequestPayloadError, zlib.error):  # e.g. gzip that won't inflate
         raise Problem(
             400,
             "the body could not be decoded as its Content-Encoding says",

@@ -347,3 +347,16 @@ async def test_gzip_body_is_accepted(client: TestClient) -> None:
         client, gzip.compress(orjson.dumps(view())), {**JSON, "Content-Encoding": "gzip"}
     )
     assert response.status == 202
+
+
+async def test_bad_idempotency_key_and_bad_body_are_reported_together(
+    client: TestClient, db: sqlite3.Connection
+) -> None:
+    headers = {**JSON, "Idempotency-Key": "has space"}
+    await assert_problem(
+        await post(client, view(url=""), headers), 400, "payload.url", "Idempotency-Key"
+    )
+    batch = orjson.dumps({"events": [view(url="")]})
+    response = await client.post("/events/batch", data=batch, headers=headers)
+    await assert_problem(response, 400, "events[0].payload.url", "Idempotency-Key")
+    assert stored(db) == 0

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 
 from schema.events import EVENT_TYPES
-from schema.store import COUNT_LOG_SQL, HIGHEST, is_busy
+from schema.store import COUNT_LOG_SQL, HIGHEST, connection_pragmas, is_busy
 from schema.timestamps import day_start, format_ts, next_day, now
 
 log = logging.getLogger(__name__)
@@ -131,10 +131,8 @@ def connect(
 ) -> sqlite3.Connection:
     """A connection of its own, with the store's pragmas (busy_timeout, synchronous)."""
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-    conn.execute("PRAGMA cache_size = -32768")
-    conn.execute("PRAGMA temp_store = MEMORY")
+    for pragma in connection_pragmas(synchronous, busy_timeout_ms, cache_mib=32):
+        conn.execute(pragma)
     return conn
 
 

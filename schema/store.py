@@ -1,9 +1,10 @@
 """All SQL of the running service, behind one small storage interface.
 
-``SQLiteStore`` owns two aiosqlite connections: a writer (used only by the ingest
-writer, so the service has one writer of events) and a reader for queries. Rollup
-repairs (``rollup/``) use a connection of their own; SQLite's write lock serialises them
-with the writer. A PostgreSQL backend would implement the same methods.
+``SQLiteStore`` owns two connections: a writer (a ``sqlite3`` connection on a thread of
+its own, used only by the ingest writer, so the service has one writer of events) and an
+aiosqlite reader for queries. Rollup repairs (``rollup/``) use a connection of their own
+with the same pragmas (``connection_pragmas``); SQLite's write lock serialises them with
+the writer. A PostgreSQL backend would implement the same methods.
 """
 
 from __future__ import annotations
@@ -117,6 +118,17 @@ def _pack_rows(rows: Sequence[EventRow]) -> bytes | None:
         return None
 
 
+def connection_pragmas(synchronous: str, busy_timeout_ms: int, *, cache_mib: int) -> list[str]:
+    """Every connection's settings: wait ``busy_timeout`` for the write lock, the chosen
+    durability, a page cache, temporary tables in memory."""
+    return [
+        f"PRAGMA busy_timeout = {int(busy_timeout_ms)}",
+        f"PRAGMA synchronous = {synchronous.upper()}",
+        f"PRAGMA cache_size = {-1024 * cache_mib}",
+        "PRAGMA temp_store = MEMORY",
+    ]
+
+
 def _marks(n: int) -> str:
     return ", ".join("?" * n)
 
@@ -143,12 +155,7 @@ class SQLiteStore:
         self._reader: aiosqlite.Connection | None = None
 
     def _pragmas(self, *, cache_mib: int) -> list[str]:
-        return [
-            f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}",
-            f"PRAGMA synchronous = {self.synchronous}",
-            f"PRAGMA cache_size = {-1024 * cache_mib}",
-            "PRAGMA temp_store = MEMORY",
-        ]
+        return connection_pragmas(self.synchronous, self.busy_timeout_ms, cache_mib=cache_mib)
 
     async def open(self) -> None:
         self._write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")

@@ -9,10 +9,11 @@ import orjson
 from aiohttp import web
 
 from ingest.handlers import STORE
-from query.params import TimeRange, parse_query
+from query.params import Bound, TimeRange, parse_query
 from query.plan import plan_range
 from schema.events import EVENT_TYPES
 from schema.problems import Problem
+from schema.store import SQLiteStore
 from schema.timestamps import UTC, format_ts
 
 DEFAULT_DAYS = 30
@@ -50,26 +51,10 @@ async def event_counts_by_day(request: web.Request) -> web.Response:
     if span.empty:
         return _json({"days": []})
 
-    first = start.at.date() if start and start.at else None
-    last = end.at.date() if end and end.at else None
-    if first is None and start is not None:  # a start before the calendar: from day one
-        first = date.min
-    if last is None or first is None:
-        # Default: the last 30 days that have data (up to `last` when given), so the
-        # range starts at the 30th most recent such day and ends at the newest one.
-        recent = await store.recent_days_with_data(
-            DEFAULT_DAYS, until=last.isoformat() if last else None
-        )
-        if last is None:
-            last = date.fromisoformat(recent[0]) if recent else first
-            if last is None:
-                return _json({"days": []})
-            if first is not None and last < first:
-                last = first
-        if first is None:
-            first = date.fromisoformat(recent[-1]) if recent else last
-            if (last - first).days + 1 > MAX_DAYS:  # sparse data: keep the newest days
-                first = date.fromordinal(last.toordinal() - MAX_DAYS + 1)
+    days_listed = await _listed_days(store, start, end)
+    if days_listed is None:
+        return _json({"days": []})
+    first, last = days_listed
     if (last - first).days + 1 > MAX_DAYS:
         raise Problem(
             400,
@@ -86,6 +71,34 @@ async def event_counts_by_day(request: web.Request) -> web.Response:
         key = date.fromordinal(ordinal).isoformat()
         days.append({"date": key, **{t: counts.get((key, t), 0) for t in EVENT_TYPES}})
     return _json({"days": days})
+
+
+async def _listed_days(
+    store: SQLiteStore, start: Bound | None, end: Bound | None
+) -> tuple[date, date] | None:
+    """The first and last UTC day to list; a missing side defaults to the last 30 days
+    that have data (the 30th most recent such day, up to ``end``; the newest one).
+    None when there is nothing to list."""
+    first = start.at.date() if start and start.at else None
+    last = end.at.date() if end and end.at else None
+    if first is None and start is not None:  # a start before the calendar: from day one
+        first = date.min
+    if last is not None and first is not None:
+        return first, last
+    recent = await store.recent_days_with_data(
+        DEFAULT_DAYS, until=last.isoformat() if last else None
+    )
+    if last is None:
+        last = date.fromisoformat(recent[0]) if recent else first
+        if last is None:
+            return None
+        if first is not None and last < first:
+            last = first
+    if first is None:
+        first = date.fromisoformat(recent[-1]) if recent else last
+        if (last - first).days + 1 > MAX_DAYS:  # sparse data: keep the newest days
+            first = date.fromordinal(last.toordinal() - MAX_DAYS + 1)
+    return first, last
 
 
 def _midnight(day: date) -> datetime:

@@ -43,7 +43,7 @@ from typing import Any, TextIO
 
 import orjson
 
-import config as settings
+from app import config as settings
 from schema.events import EVENT_TYPES, MAX_BATCH_EVENTS, check_event
 from schema.migrate import migrate
 from schema.store import EventRow, SQLiteStore

@@ -17,11 +17,12 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from app.keys import BODY_TIMEOUT, STORE, WRITER
+from app.problems import Problem, bad_request
 from ingest.stamps import stamp_events
 from ingest.writer import (
     IdempotencyConflictError,
     QueueFullError,
-    Writer,
     WriterClosedError,
     WriteRequest,
 )
@@ -32,12 +33,7 @@ from schema.events import (
     check_batch,
     check_event,
 )
-from schema.problems import Problem, bad_request
-from schema.store import EventRow, SQLiteStore, is_busy
-
-STORE = web.AppKey("store", SQLiteStore)
-WRITER = web.AppKey("writer", Writer)
-BODY_TIMEOUT = web.AppKey("body_timeout", float)
+from schema.store import EventRow, is_busy
 
 JSON_TYPES = {"application/json", "text/plain"}  # text/plain is what sendBeacon sends
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")

@@ -8,11 +8,11 @@ from datetime import date, datetime, timedelta
 import orjson
 from aiohttp import web
 
-from ingest.handlers import STORE
+from app.keys import STORE
+from app.problems import Problem
 from query.params import Bound, TimeRange, parse_query
 from query.plan import plan_range
 from schema.events import EVENT_TYPES
-from schema.problems import Problem
 from schema.store import SQLiteStore
 from schema.timestamps import UTC, format_ts
 

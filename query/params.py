@@ -12,8 +12,8 @@ from datetime import date, datetime, timedelta, timezone
 
 from multidict import MultiMapping
 
+from app.problems import bad_request
 from schema.events import EVENT_TYPES
-from schema.problems import bad_request
 from schema.timestamps import UTC, format_ts
 
 # re.ASCII: \d is 0-9 only (without it, "٢٠٢٥-٠١-٠١" would be read as 2025-01-01).

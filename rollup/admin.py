@@ -11,16 +11,18 @@ admin API is off (403); a missing or wrong token is a 401 with ``WWW-Authenticat
 from __future__ import annotations
 
 import hmac
+from collections.abc import AsyncIterator
 from datetime import date
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from config import Config
+from app.config import Config
+from app.keys import RUNNER
+from app.problems import Problem, bad_request
 from rollup.recount import parse_day
-from rollup.service import RUNNER, RollupRunner, RunnerClosedError, lifecycle
-from schema.problems import Problem, bad_request
+from rollup.service import RollupRunner, RunnerClosedError
 from schema.store import is_busy
 
 MAX_BODY_BYTES = 4096
@@ -137,11 +139,21 @@ async def status(request: web.Request) -> web.Response:
     return _json(_authorize(request).status())
 
 
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: start the scheduler with the app, stop it (and any pass) on shutdown."""
+    runner = app[RUNNER]
+    runner.start_scheduler()
+    try:
+        yield
+    finally:
+        await runner.close()
+
+
 def setup(app: web.Application, config: Config) -> None:
     """Add the rollup runner, its scheduler (a cleanup_ctx; add it after the storage one
     so it stops first) and the ``/admin/rollups/*`` routes."""
     app[RUNNER] = RollupRunner(config)
-    app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(_lifecycle)
     app.router.add_post("/admin/rollups/rebuild", rebuild)
     app.router.add_post("/admin/rollups/reconcile", reconcile)
     app.router.add_get("/admin/rollups/status", status)

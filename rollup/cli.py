@@ -12,8 +12,8 @@ from pathlib import Path
 
 import orjson
 
-import config as settings
-from config import Config
+from app import config as settings
+from app.config import Config
 from rollup import recount
 from schema.migrate import migrate
 

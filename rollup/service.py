@@ -14,16 +14,14 @@ import asyncio
 import logging
 import math
 import threading
-from collections.abc import AsyncIterator
 from datetime import date, datetime
 from functools import partial
 from typing import Any
 
-from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from config import Config
+from app.config import Config
 from rollup import recount
 from rollup.recount import Report
 from schema.timestamps import UTC, format_ts, now
@@ -156,16 +154,3 @@ class RollupRunner:
             await asyncio.wait([current])
         if current is not None and current.done() and not current.cancelled():
             current.exception()  # retrieved, so asyncio does not warn about it
-
-
-RUNNER = web.AppKey("rollup_runner", RollupRunner)
-
-
-async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: start the scheduler with the app, stop it (and any pass) on shutdown."""
-    runner = app[RUNNER]
-    runner.start_scheduler()
-    try:
-        yield
-    finally:
-        await runner.close()

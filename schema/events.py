@@ -20,7 +20,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from schema.problems import validation_errors
+from schema.errors import validation_errors
 
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "location")
 

@@ -23,8 +23,8 @@ import orjson
 from aiohttp import web
 from playwright.async_api import Browser, async_playwright
 
-from app import create_app
-from config import Config
+from app.config import Config
+from app.factory import create_app
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]

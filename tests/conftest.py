@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from app import create_app
-from config import Config
+from app.config import Config
+from app.factory import create_app
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import orjson
 import uuid_utils
 from aiohttp.test_utils import TestClient
 
-from ingest.handlers import STORE
+from app.keys import STORE
 from schema.store import EventRow
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "errors"}

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-import config as settings
+from app import config as settings
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from ingest.handlers import WRITER
+from app.keys import WRITER
 from tests.helpers import assert_problem, stored, view
 
 JSON = {"Content-Type": "application/json"}

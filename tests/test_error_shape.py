@@ -31,7 +31,7 @@ async def test_routing_errors_are_problems(
 
 
 async def test_unexpected_error_is_a_generic_500(client: TestClient, monkeypatch) -> None:
-    from ingest.handlers import STORE
+    from app.keys import STORE
 
     async def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("/secret/path.db: SELECT * FROM events")

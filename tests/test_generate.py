@@ -20,8 +20,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 import generate_events as gen
-from app import create_app
-from config import Config
+from app.config import Config
+from app.factory import create_app
 from schema.events import check_event
 from schema.timestamps import format_ts, parse_ts
 

@@ -19,9 +19,9 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from app import create_app
-from config import Config
-from middlewares import AccessLogger
+from app.config import Config
+from app.factory import create_app
+from app.middlewares import AccessLogger
 from schema.events import MAX_BATCH_BODY_BYTES, MAX_PAYLOAD_BYTES
 from tests.helpers import assert_problem, stored, view
 

@@ -16,10 +16,9 @@ import pytest
 import uuid_utils
 from aiohttp.test_utils import TestClient
 
-from config import Config
-from ingest.handlers import STORE
+from app.config import Config
+from app.keys import RUNNER, STORE
 from rollup import recount
-from rollup.service import RUNNER
 from schema.store import EventRow
 
 ROOT = Path(__file__).resolve().parent.parent

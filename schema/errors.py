@@ -1,65 +1,18 @@
-"""RFC 9457 problem details: the one shape of every error answer.
+"""Validation problems as ``{"field", "message"}`` entries: the ``errors`` list of every
+400 answer (``app.problems`` wraps them in RFC 9457 problem+json).
 
-``problem()`` builds the body; callers may add keys but never remove these:
-``type``, ``title``, ``status``, ``detail`` and ``errors`` (a list of
-``{"field", "message"}``, every problem found, not only the first).
+``field`` is a dotted path: ``("events", 3, "payload", "url")`` → ``events[3].payload.url``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from http import HTTPStatus
+from collections.abc import Sequence
 from typing import Any
 
-import orjson
-from aiohttp import web
 from pydantic import ValidationError
-
-PROBLEM_CONTENT_TYPE = "application/problem+json"
 
 _SERVER_OWNED = {"event_id", "timestamp"}
 _EVENT_TYPES = ("view", "click", "location")
-
-
-class Problem(Exception):
-    """Raise from a handler to answer with a problem+json body."""
-
-    def __init__(
-        self,
-        status: int,
-        detail: str,
-        errors: Sequence[dict[str, str]] = (),
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.errors = list(errors)
-        self.headers = headers or {}
-
-
-def problem_body(status: int, detail: str, errors: Iterable[dict[str, str]] = ()) -> dict[str, Any]:
-    return {
-        "type": "about:blank",
-        "title": HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-        "errors": list(errors),
-    }
-
-
-def problem_response(
-    status: int,
-    detail: str,
-    errors: Iterable[dict[str, str]] = (),
-    headers: dict[str, str] | None = None,
-) -> web.Response:
-    return web.Response(
-        status=status,
-        body=orjson.dumps(problem_body(status, detail, errors)),
-        content_type=PROBLEM_CONTENT_TYPE,
-        headers=headers,
-    )
 
 
 def field_path(loc: Sequence[int | str], prefix: str = "") -> str:
@@ -140,7 +93,3 @@ def summary(errors: Sequence[dict[str, str]]) -> str:
     parts = [f"{e['field']} {e['message']}" for e in errors[:3]]
     more = len(errors) - len(parts)
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
-
-
-def bad_request(errors: Sequence[dict[str, str]]) -> Problem:
-    return Problem(400, summary(errors), errors)

@@ -10,7 +10,8 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
-from schema.problems import Problem, problem_response, summary, validation_errors
+from app.problems import Problem, problem_response
+from schema.errors import summary, validation_errors
 
 log = logging.getLogger("analytics.http")
 

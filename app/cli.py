@@ -1,0 +1,77 @@
+"""The command line: ``python -m app <command>``.
+
+python -m app serve     [--db PATH] [--host H] [--port P] …
+python -m app migrate   [--db PATH]
+python -m app rebuild   [--db PATH] [--start D] [--end D] [--dry-run] [--json]
+python -m app reconcile [--db PATH] [--dry-run] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from aiohttp import web
+
+from app import config as settings
+from app.config import Config
+from app.factory import create_app
+from app.middlewares import AccessLogger, quiet_protocol_errors
+from rollup import cli as rollup_cli
+from schema.migrate import migrate
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # aiosqlite's DEBUG lines carry SQL arguments, i.e. user data: never log them.
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.getLogger().level))
+
+
+def serve(config: Config) -> None:
+    _configure_logging(config.log_level)
+    quiet_protocol_errors()  # malformed HTTP: one WARNING line, not a traceback
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:  # uvloop is optional: plain asyncio works, a little slower
+        pass
+    app = create_app(config)
+    web.run_app(
+        app,
+        host=config.host,
+        port=config.port,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("analytics.access") if config.access_log else None,
+        print=None,
+        shutdown_timeout=30,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m app", description="Web analytics event service"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="run the HTTP service")
+    settings.add_arguments(serve_cmd)
+    migrate_cmd = commands.add_parser("migrate", help="create or upgrade the database, then exit")
+    settings.add_arguments(migrate_cmd, ("db",))
+    rollup_cli.add_commands(commands)
+    args = parser.parse_args(argv)
+    config = settings.load(args)
+    if args.command == "serve":
+        serve(config)
+    elif args.command == "migrate":
+        _configure_logging(config.log_level)
+        print(f"{config.db}: schema version {migrate(config.db)}")
+    elif args.command in rollup_cli.COMMANDS:
+        _configure_logging(config.log_level)
+        return rollup_cli.run(args, config)
+    return 0

@@ -12,7 +12,7 @@ following a daily rhythm in each user's local time, with quieter weekends.
 Speed: Faker is used only to build pools (product names, post titles, …) once; the hot
 loop samples those pools with one seeded ``random.Random``, and payloads that repeat
 (every view of a page, every click on an element) are serialised once. Rows go to
-``SQLiteStore.append`` in large batches: the log and its daily rollup are written in one
+``Storage.append`` in large batches: the log and its daily rollup are written in one
 transaction per batch, exactly as the API writes them.
 
 Determinism: the same ``--seed`` and options give the same rows, event ids included. An
@@ -31,7 +31,6 @@ import itertools
 import math
 import random
 import re
-import sqlite3
 import sys
 import time
 import uuid
@@ -44,9 +43,9 @@ from typing import Any, TextIO
 import orjson
 
 from app import config as settings
+from schema.backends import open_storage
 from schema.events import EVENT_TYPES, MAX_BATCH_EVENTS, check_event
-from schema.migrate import migrate
-from schema.store import EventRow, SQLiteStore
+from schema.storage import EventRow, Storage, StorageIntegrityError, WriteGroup
 
 DEFAULT_COUNT = 5_000
 DEFAULT_START = date(2025, 5, 1)
@@ -666,28 +665,31 @@ class Summary:
         return lines
 
 
-# --- writing: the database, through SQLiteStore.append ----------------------------------
+# --- writing: the database, through Storage.append ----------------------------------
 
 
-def has_events(db: str) -> bool:
-    conn = sqlite3.connect(db)
+async def has_events(db: str) -> bool:
+    """Whether the database (created or upgraded first) already holds events."""
+    store = open_storage(db)
+    await store.open()
     try:
-        return conn.execute("SELECT EXISTS (SELECT 1 FROM events)").fetchone()[0] == 1
+        return bool(await store.recent_days_with_data(1))
     finally:
-        conn.close()
+        await store.close()
 
 
 async def write_db(
     options: Options, chunks: AsyncIterator[list[EventRow]], progress: Progress
 ) -> int:
-    """Append every row through ``SQLiteStore.append`` (log + rollup, one transaction per
-    batch). One batch at a time is in flight on aiosqlite's thread, so its commit (and the
-    WAL checkpoint it may run, without the GIL) overlaps with producing the next batch."""
+    """Append every row through ``Storage.append`` (log + rollup, one transaction per
+    batch). One batch at a time is in flight on the store's writer thread, so its commit
+    (and the WAL checkpoint it may run, without the GIL) overlaps with producing the next
+    batch."""
     # synchronous=NORMAL: WAL commits skip the fsync. Nobody is acknowledged here, and a
     # crash can only lose the batches of this run, so rerunning is the recovery.
-    store = SQLiteStore(options.db, synchronous="NORMAL")
+    store = open_storage(options.db, synchronous="NORMAL")
     await store.open()
-    pending: asyncio.Task[None] | None = None
+    pending: asyncio.Task[object] | None = None
     batch: list[EventRow] = []
     written = 0
     try:
@@ -724,12 +726,12 @@ async def chunks_in_process(
 
 
 async def _hand_over(
-    store: SQLiteStore, pending: asyncio.Task[None] | None, rows: list[EventRow]
-) -> asyncio.Task[None]:
+    store: Storage, pending: asyncio.Task[object] | None, rows: list[EventRow]
+) -> asyncio.Task[object]:
     """Wait for the previous batch (at most one in flight), then start appending ``rows``."""
     if pending is not None:
         await pending
-    return asyncio.create_task(store.append(rows))
+    return asyncio.create_task(store.append([WriteGroup(rows)]))
 
 
 # --- sending: a running service, through POST /events/batch -----------------------------
@@ -840,8 +842,8 @@ async def run(options: Options) -> Summary:
     seed = options.seed if options.seed is not None else random.SystemRandom().getrandbits(32)
     summary = Summary(target=options.url or options.db, seed=seed)
     if options.url is None:
-        migrate(options.db)  # idempotent; the generator may run before the service ever did
-        if options.if_empty and has_events(options.db):
+        # Opening migrates: the generator may run before the service ever did.
+        if await has_events(options.db) and options.if_empty:
             summary.skipped = "the events table already has rows"
             return summary
     elif await service_has_events(options.url) and options.if_empty:
@@ -876,7 +878,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
     try:
         summary = asyncio.run(run(options))
-    except sqlite3.IntegrityError as exc:
+    except StorageIntegrityError as exc:
         print(
             f"{options.db}: {exc}: these events are already stored (same --seed and options?); "
             "use another --seed or a fresh database",

@@ -20,7 +20,7 @@ from app.config import Config
 from app.factory import create_app
 from app.middlewares import AccessLogger, quiet_protocol_errors
 from rollup import cli as rollup_cli
-from schema.migrate import migrate
+from schema.backends import UnknownBackendError, open_storage
 
 
 def _configure_logging(level: str) -> None:
@@ -54,6 +54,10 @@ def serve(config: Config) -> None:
     )
 
 
+async def _migrate(config: Config) -> int:
+    return await open_storage(config.db).migrate()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m app", description="Web analytics event service"
@@ -70,7 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         serve(config)
     elif args.command == "migrate":
         _configure_logging(config.log_level)
-        print(f"{config.db}: schema version {migrate(config.db)}")
+        try:
+            version = asyncio.run(_migrate(config))
+        except UnknownBackendError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{config.db}: schema version {version}")
     elif args.command in rollup_cli.COMMANDS:
         _configure_logging(config.log_level)
         return rollup_cli.run(args, config)

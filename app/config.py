@@ -46,7 +46,7 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("db", "data/events.db", str, "SQLite database file"),
+    Setting("db", "data/events.db", str, "SQLite database file, or a postgresql:// URL"),
     Setting("host", "127.0.0.1", str, "address to listen on"),
     Setting("port", 5000, int, "port to listen on"),
     Setting("admin_token", "", str, "bearer token for /admin/*; empty disables the admin API"),
@@ -57,6 +57,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "busy_timeout_ms", 5_000, int, "how long a write waits for a locked database before 503"
     ),
+    Setting("read_connections", 4, int, "database connections that serve reads concurrently"),
     Setting("synchronous", "FULL", str, "SQLite synchronous mode: FULL (power-cut safe) or NORMAL"),
     Setting("idempotency_hours", 24.0, float, "how long Idempotency-Key replays are remembered"),
     Setting("body_timeout_s", 10.0, float, "seconds a client may take to send its body (408)"),
@@ -76,6 +77,7 @@ class Config:
     queue_max_events: int = 20_000
     commit_max_events: int = 5_000
     busy_timeout_ms: int = 5_000
+    read_connections: int = 4
     synchronous: str = "FULL"
     idempotency_hours: float = 24.0
     body_timeout_s: float = 10.0
@@ -85,8 +87,10 @@ class Config:
     def __post_init__(self) -> None:
         if self.synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
             raise ValueError("synchronous must be FULL, NORMAL or EXTRA")
-        if self.queue_max_events < 1 or self.commit_max_events < 1:
-            raise ValueError("queue_max_events and commit_max_events must be positive")
+        if min(self.queue_max_events, self.commit_max_events, self.read_connections) < 1:
+            raise ValueError(
+                "queue_max_events, commit_max_events and read_connections must be positive"
+            )
         for name in ("reconcile_minutes", "idempotency_hours", "busy_timeout_ms", "body_timeout_s"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:

@@ -20,8 +20,7 @@ from ingest import handlers as ingest_handlers
 from ingest.writer import Writer
 from query import handlers as query_handlers
 from rollup import admin as rollup_admin
-from schema.migrate import migrate
-from schema.store import SQLiteStore
+from schema.backends import open_storage
 from web import pages as web_pages
 
 log = logging.getLogger("analytics")
@@ -72,11 +71,13 @@ def create_app(config: Config) -> web.Application:
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     """Open the database and start the writer; on shutdown, drain the writer first."""
     config = app[CONFIG]
-    migrate(config.db)
-    store = SQLiteStore(
-        config.db, synchronous=config.synchronous, busy_timeout_ms=config.busy_timeout_ms
+    store = open_storage(
+        config.db,
+        synchronous=config.synchronous,
+        busy_timeout_ms=config.busy_timeout_ms,
+        readers=config.read_connections,
     )
-    await store.open()
+    await store.open()  # migrates first
     writer = Writer(
         store,
         queue_max_events=config.queue_max_events,
@@ -86,7 +87,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     await writer.start()
     app[STORE] = store
     app[WRITER] = writer
-    log.info("serving %s (synchronous=%s)", config.db, config.synchronous)
+    log.info("serving %s (synchronous=%s)", store.description, config.synchronous)
     try:
         yield
     finally:

@@ -12,10 +12,10 @@ from aiohttp import web
 from app.config import Config
 from ingest.writer import Writer
 from rollup.service import RollupRunner
-from schema.store import SQLiteStore
+from schema.storage import Storage
 
 CONFIG = web.AppKey("config", Config)
-STORE = web.AppKey("store", SQLiteStore)
+STORE = web.AppKey("store", Storage)
 WRITER = web.AppKey("writer", Writer)
 RUNNER = web.AppKey("rollup_runner", RollupRunner)
 BODY_TIMEOUT = web.AppKey("body_timeout", float)

@@ -390,7 +390,7 @@ def _time_store(db: Path, budget_s: float) -> dict[str, list[float]]:
     from query.params import parse_query
     from query.plan import plan_range
     from schema.events import EVENT_TYPES
-    from schema.store import SQLiteStore
+    from schema.sqlite.store import SQLiteStore
 
     async def run() -> dict[str, list[float]]:
         store = SQLiteStore(db)

@@ -33,7 +33,7 @@ from schema.events import (
     check_batch,
     check_event,
 )
-from schema.store import EventRow, is_busy
+from schema.storage import EventRow, StorageBusyError
 
 JSON_TYPES = {"application/json", "text/plain"}  # text/plain is what sendBeacon sends
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -104,10 +104,8 @@ async def _ingest(
         ) from None
     except IdempotencyConflictError:
         raise _key_conflict() from None
-    except Exception as exc:
-        if is_busy(exc):
-            raise Problem(503, "the database is busy; retry shortly", headers=RETRY_AFTER) from exc
-        raise
+    except StorageBusyError as exc:
+        raise Problem(503, "the database is busy; retry shortly", headers=RETRY_AFTER) from exc
     return _accepted(response)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from schema.store import EventRow, KeyRow, SQLiteStore
+from schema.storage import EventRow, KeyRow, Storage, StoredKey, WriteGroup
 from schema.timestamps import format_ts, now
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class Writer:
 
     def __init__(
         self,
-        store: SQLiteStore,
+        store: Storage,
         *,
         queue_max_events: int,
         commit_max_events: int,
@@ -141,35 +141,30 @@ class Writer:
             log.info("forgot %d idempotency keys older than %s", removed, self.key_ttl)
 
     async def _commit(self, batch: list[WriteRequest]) -> None:
-        keys = [r.key for r in batch if r.key]
-        known = await self.store.find_keys(keys, use_writer=True) if keys else {}
-        rows: list[EventRow] = []
-        key_rows: list[KeyRow] = []
-        outcomes: list[tuple[WriteRequest, str | Exception]] = []
+        """One transaction for the batch; then answer each request. A key seen twice in
+        the batch is written once (the first); a key another writer stored first is not
+        written at all (the store returns its original answer)."""
+        groups: list[WriteGroup] = []
+        first: dict[str, StoredKey] = {}  # key -> (hash, answer) of its first request here
         for request in batch:
+            key_row: KeyRow | None = None
             if request.key:
-                prior = known.get(request.key)
-                if prior is not None:  # a retry (or a reuse) of a committed key
-                    digest, response = prior
-                    outcome = (
-                        response if digest == request.request_hash else IdempotencyConflictError()
-                    )
-                    outcomes.append((request, outcome))
+                if request.key in first:
                     continue
                 assert request.request_hash is not None
-                known[request.key] = (request.request_hash, request.response)
-                key_rows.append(
-                    (request.key, request.request_hash, request.response, request.created_at)
-                )
-            rows.extend(request.rows)
-            outcomes.append((request, request.response))
-        if rows or key_rows:
-            await self.store.append(rows, key_rows)
-            self.commits += 1
-        for request, outcome in outcomes:
+                first[request.key] = (request.request_hash, request.response)
+                key_row = (request.key, request.request_hash, request.response, request.created_at)
+            groups.append(WriteGroup(request.rows, key_row))
+        stored = await self.store.append(groups)
+        self.commits += 1
+        for request in batch:
             if request.future.done():
                 continue
-            if isinstance(outcome, Exception):
-                request.future.set_exception(outcome)
+            if not request.key:
+                request.future.set_result(request.response)
+                continue
+            digest, response = stored.get(request.key) or first[request.key]
+            if digest == request.request_hash:
+                request.future.set_result(response)
             else:
-                request.future.set_result(outcome)
+                request.future.set_exception(IdempotencyConflictError())

@@ -13,7 +13,7 @@ from app.problems import Problem
 from query.params import Bound, TimeRange, parse_query
 from query.plan import plan_range
 from schema.events import EVENT_TYPES
-from schema.store import SQLiteStore
+from schema.storage import Storage
 from schema.timestamps import UTC, format_ts
 
 DEFAULT_DAYS = 30
@@ -74,7 +74,7 @@ async def event_counts_by_day(request: web.Request) -> web.Response:
 
 
 async def _listed_days(
-    store: SQLiteStore, start: Bound | None, end: Bound | None
+    store: Storage, start: Bound | None, end: Bound | None
 ) -> tuple[date, date] | None:
     """The first and last UTC day to list; a missing side defaults to the last 30 days
     that have data (the 30th most recent such day, up to ``end``; the newest one).

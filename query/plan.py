@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import date
 
 from query.params import TimeRange
-from schema.store import CountPlan, LogSlice
+from schema.storage import CountPlan, LogSlice
 from schema.timestamps import day_of, day_start, next_day
 
 _MIDNIGHT = "T00:00:00.000000Z"

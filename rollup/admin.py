@@ -19,11 +19,11 @@ import orjson
 from aiohttp import web
 
 from app.config import Config
-from app.keys import RUNNER
+from app.keys import RUNNER, STORE
 from app.problems import Problem, bad_request
-from rollup.recount import parse_day
 from rollup.service import RollupRunner, RunnerClosedError
-from schema.store import is_busy
+from schema.storage import StorageBusyError
+from schema.timestamps import parse_day
 
 MAX_BODY_BYTES = 4096
 FIELDS = ("start_date", "end_date", "dry_run")
@@ -117,10 +117,8 @@ async def _run(request: web.Request, kind: str) -> web.Response:
         report = await runner.run(kind, start=start, end=end, dry_run=dry_run, trigger="http")
     except RunnerClosedError:
         raise Problem(503, "the service is shutting down", headers=_RETRY) from None
-    except Exception as exc:
-        if is_busy(exc):
-            raise Problem(503, "the database is busy; retry shortly", headers=_RETRY) from exc
-        raise
+    except StorageBusyError as exc:
+        raise Problem(503, "the database is busy; retry shortly", headers=_RETRY) from exc
     return _json(report.to_dict())
 
 
@@ -142,6 +140,7 @@ async def status(request: web.Request) -> web.Response:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: start the scheduler with the app, stop it (and any pass) on shutdown."""
     runner = app[RUNNER]
+    runner.store = app[STORE]
     runner.start_scheduler()
     try:
         yield

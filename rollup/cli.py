@@ -1,11 +1,11 @@
 """``python -m app rebuild`` and ``python -m app reconcile``: the same passes as the admin
-API, run locally on the database file (no token needed; safe while a server runs on it,
-since every day is one short transaction under SQLite's write lock)."""
+API, run directly on the database (no token needed; safe while servers run on it, since
+every day is one short transaction under the backend's write exclusion)."""
 
 from __future__ import annotations
 
 import argparse
-import sqlite3
+import asyncio
 import sys
 from datetime import date
 from pathlib import Path
@@ -15,14 +15,16 @@ import orjson
 from app import config as settings
 from app.config import Config
 from rollup import recount
-from schema.migrate import migrate
+from schema.backends import UnknownBackendError, is_url, open_storage
+from schema.storage import StorageError
+from schema.timestamps import parse_day
 
 COMMANDS = ("rebuild", "reconcile")
 _SETTINGS = ("db", "busy_timeout_ms", "synchronous", "log_level")
 
 
 def _day(text: str) -> date:
-    day = recount.parse_day(text)
+    day = parse_day(text)
     if day is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date YYYY-MM-DD")
     return day
@@ -48,28 +50,33 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         settings.add_arguments(command, _SETTINGS)
 
 
+async def _pass(
+    config: Config, args: argparse.Namespace, start: date | None, end: date | None
+) -> recount.Report:
+    store = open_storage(
+        config.db, synchronous=config.synchronous, busy_timeout_ms=config.busy_timeout_ms
+    )
+    await store.open()  # migrates: a no-op on a current database; refuses a newer schema
+    try:
+        return await recount.run(
+            store, args.command, start=start, end=end, dry_run=args.dry_run, trigger="cli"
+        )
+    finally:
+        await store.close()
+
+
 def run(args: argparse.Namespace, config: Config) -> int:
     """Run the pass and print its report; 0 on success, 1 on a database error, 2 on usage."""
     start, end = getattr(args, "start", None), getattr(args, "end", None)
     if start and end and start > end:
         print("error: --start must not be after --end", file=sys.stderr)
         return 2
-    if not Path(config.db).is_file():
+    if not is_url(config.db) and not Path(config.db).is_file():
         print(f"error: no database at {config.db}", file=sys.stderr)
         return 2
     try:
-        migrate(config.db)  # a no-op on a current database; refuses a newer schema
-        report = recount.run_on_path(
-            config.db,
-            args.command,
-            synchronous=config.synchronous,
-            busy_timeout_ms=config.busy_timeout_ms,
-            start=start,
-            end=end,
-            dry_run=args.dry_run,
-            trigger="cli",
-        )
-    except (sqlite3.Error, RuntimeError) as exc:
+        report = asyncio.run(_pass(config, args, start, end))
+    except (StorageError, UnknownBackendError, RuntimeError) as exc:
         print(f"error: {args.command} failed: {exc}", file=sys.stderr)
         return 1
     if args.json:

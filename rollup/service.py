@@ -1,9 +1,9 @@
 """Rollup lifecycle inside the service: one runner for reconcile/rebuild passes, and the
 APScheduler job that reconciles on an interval.
 
-A pass runs in a worker thread on a connection of its own (``rollup.recount``), so the
-event loop keeps serving while it works; SQLite's write lock orders its short per-day
-transactions with the ingest writer's commits. Passes never overlap: a second request
+A pass runs as a task over the store's maintenance calls (``rollup.recount``), each day one
+short transaction on a connection of its own, so the event loop keeps serving while it
+works and the ingest writer's commits interleave with it. Passes never overlap: a second request
 waits for the first. On shutdown the scheduler stops, and a running pass ends after the
 day it is on (each day is its own transaction, so stopping between days loses nothing).
 """
@@ -13,9 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import threading
 from datetime import date, datetime
-from functools import partial
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -24,6 +22,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from app.config import Config
 from rollup import recount
 from rollup.recount import Report
+from schema.storage import Storage
 from schema.timestamps import UTC, format_ts, now
 
 log = logging.getLogger(__name__)
@@ -40,11 +39,12 @@ class RollupRunner:
 
     def __init__(self, config: Config):
         self.config = config
+        self.store: Storage | None = None  # attached when the storage opens
         self.last_report: dict[str, Any] | None = None
         self.last_error: dict[str, str] | None = None
         self.scheduled_runs = 0
         self._lock = asyncio.Lock()
-        self._stop = threading.Event()
+        self._stop = asyncio.Event()
         self._current: asyncio.Future[Report] | None = None
         self._scheduler: AsyncIOScheduler | None = None
 
@@ -66,25 +66,23 @@ class RollupRunner:
         dry_run: bool = False,
         trigger: str = "http",
     ) -> Report:
-        """One pass in a worker thread; waits for any pass already running."""
+        """One pass; waits for any pass already running."""
         async with self._lock:
-            if self._stop.is_set():
+            if self._stop.is_set() or self.store is None:
                 raise RunnerClosedError()
-            work = partial(
-                recount.run_on_path,
-                self.config.db,
-                kind,
-                synchronous=self.config.synchronous,
-                busy_timeout_ms=self.config.busy_timeout_ms,
-                start=start,
-                end=end,
-                dry_run=dry_run,
-                trigger=trigger,
-                stop=self._stop,
+            self._current = asyncio.ensure_future(
+                recount.run(
+                    self.store,
+                    kind,
+                    start=start,
+                    end=end,
+                    dry_run=dry_run,
+                    trigger=trigger,
+                    stop=self._stop,
+                )
             )
-            self._current = asyncio.get_running_loop().run_in_executor(None, work)
             try:
-                # Shielded: if the caller is cancelled, the thread still finishes its day
+                # Shielded: if the caller is cancelled, the pass still finishes its day
                 # and close() waits for it.
                 report = await asyncio.shield(self._current)
             except Exception:

@@ -6,6 +6,7 @@ timestamps and query bounds as plain text.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
 
 _FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -37,3 +38,17 @@ def day_of(timestamp: str) -> str:
 def next_day(day: date) -> date | None:
     """The following day, or None past ``date.max``."""
     return None if day == date.max else day + timedelta(days=1)
+
+
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+
+
+def parse_day(text: str) -> date | None:
+    """A ``YYYY-MM-DD`` calendar date, exactly (no surrounding whitespace), or None (also
+    for an impossible date such as ``2025-02-30``)."""
+    if not _DAY.fullmatch(text):
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        return None

@@ -11,7 +11,7 @@ import uuid_utils
 from aiohttp.test_utils import TestClient
 
 from app.keys import STORE
-from schema.store import EventRow
+from schema.storage import EventRow, WriteGroup
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "errors"}
 
@@ -42,7 +42,7 @@ def row(event_type: str, timestamp: str, user: str = "u1") -> EventRow:
 
 async def append(client: TestClient, rows: Sequence[EventRow]) -> None:
     """Append through the service's own storage path (log and rollup in one transaction)."""
-    await client.server.app[STORE].append(rows)
+    await client.server.app[STORE].append([WriteGroup(rows)])
 
 
 def log_count(

@@ -15,7 +15,8 @@ import pytest
 import uuid_utils
 from playwright.async_api import BrowserContext, Page
 
-from schema.store import SQLiteStore
+from schema.sqlite.store import SQLiteStore
+from schema.storage import WriteGroup
 from schema.timestamps import format_ts
 from tests.browser_support import (
     ARTIFACTS,
@@ -308,7 +309,7 @@ async def seed(server: LiveServer, days: int = 45) -> None:
     store = SQLiteStore(server.config.db)
     await store.open()
     try:
-        await store.append(rows)
+        await store.append([WriteGroup(rows)])
     finally:
         await store.close()
 

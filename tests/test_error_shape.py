@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 from aiohttp.test_utils import TestClient
 
-from schema.migrate import SchemaTooNewError, latest_version, migrate
+from schema.sqlite.migrate import SchemaTooNewError, latest_version, migrate
 from tests.helpers import assert_problem
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import sys
-import threading
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
@@ -19,7 +18,8 @@ from aiohttp.test_utils import TestClient
 from app.config import Config
 from app.keys import RUNNER, STORE
 from rollup import recount
-from schema.store import EventRow
+from schema.storage import EventRow, WriteGroup
+from schema.timestamps import parse_day
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "s3cret-admin-token"
@@ -41,7 +41,7 @@ def may(day: int, hour: int = 12, second: int = 0) -> str:
 
 async def append(client: TestClient, rows: Sequence[EventRow]) -> None:
     """Through the service's own append path, so log and rollup agree before tampering."""
-    await client.server.app[STORE].append(rows)
+    await client.server.app[STORE].append([WriteGroup(rows)])
 
 
 def log_by_day(db: sqlite3.Connection) -> dict[tuple[str, str], int]:
@@ -115,11 +115,12 @@ def conn(admin_client: TestClient, config: Config):
 async def test_recount_day_repairs_one_day_in_one_transaction(admin_client, conn, seed_rows):
     await append(admin_client, seed_rows)
     tamper(conn)
-    counted, change, held_ms = recount.recount_day(conn, "2025-05-04", repair=True)
-    assert counted == {"view": 3, "click": 2, "location": 1}
-    assert change is not None and change.before["scroll"] == 2
-    assert held_ms >= 0 and not conn.in_transaction
-    assert recount.recount_day(conn, "2025-05-04", repair=True)[1] is None
+    store = admin_client.server.app[STORE]
+    result = await store.recount_day("2025-05-04", repair=True)
+    assert result.counted == {"view": 3, "click": 2, "location": 1}
+    assert result.repaired and result.stored["scroll"] == 2
+    assert result.held_ms >= 0
+    assert not (await store.recount_day("2025-05-04", repair=True)).differs
     # Other days were not touched.
     assert rollup(conn)[("2025-05-01", "view")] == 7
 
@@ -127,26 +128,27 @@ async def test_recount_day_repairs_one_day_in_one_transaction(admin_client, conn
 async def test_days_to_check_covers_log_span_and_rollup_days(admin_client, conn, seed_rows):
     await append(admin_client, [*seed_rows, row("view", may(9))])
     conn.execute("INSERT INTO daily_event_counts VALUES ('2024-12-31', 'view', 1)")
-    days = recount.days_to_check(conn)
+    store = admin_client.server.app[STORE]
+    days = await store.days_to_check(None, None)
     assert days == ["2024-12-31"] + [f"2025-05-{d:02d}" for d in range(1, 10)]
-    assert recount.days_to_check(conn, date(2025, 5, 3), date(2025, 5, 4)) == [
+    assert await store.days_to_check(date(2025, 5, 3), date(2025, 5, 4)) == [
         "2025-05-03",
         "2025-05-04",
     ]
-    assert recount.days_to_check(conn, date(2026, 1, 1)) == []
+    assert await store.days_to_check(date(2026, 1, 1), None) == []
 
 
 def test_parse_day_is_strict():
-    assert recount.parse_day("2025-05-01") == date(2025, 5, 1)
+    assert parse_day("2025-05-01") == date(2025, 5, 1)
     for bad in ("2025-02-30", "20250501", "2025-5-1", "2025-05-01T00:00:00Z", " 2025-05-01", ""):
-        assert recount.parse_day(bad) is None
+        assert parse_day(bad) is None
 
 
 async def test_a_stop_request_ends_a_pass_between_days(admin_client, conn, seed_rows):
     await append(admin_client, seed_rows)
-    stop = threading.Event()
+    stop = asyncio.Event()
     stop.set()
-    report = recount.run(conn, "rebuild", stop=stop)
+    report = await recount.run(admin_client.server.app[STORE], "rebuild", stop=stop)
     assert report.completed is False and report.days_checked == 0
 
 
@@ -340,18 +342,15 @@ async def test_scheduler_is_off_when_interval_is_zero(admin_client):
     }
 
 
-async def test_a_failing_scheduled_pass_does_not_crash_the_app(admin_client, monkeypatch):
+async def test_a_failing_scheduled_pass_does_not_crash_the_app(admin_client, conn, seed_rows):
     runner = admin_client.server.app[RUNNER]
-
-    def broken(*args, **kwargs):
-        raise sqlite3.OperationalError("disk I/O error")
-
-    monkeypatch.setattr(recount, "run_on_path", broken)
+    await append(admin_client, seed_rows)
+    conn.execute("ALTER TABLE daily_event_counts RENAME TO broken")  # every recount fails
     await runner.reconcile_job()  # logged, not raised
     resp = await admin_client.get("/admin/rollups/status", headers=AUTH)
     body = await resp.json()
     assert body["last_error"]["kind"] == "reconcile"
-    assert "disk" not in body["last_error"]["detail"]
+    assert "daily_event_counts" not in body["last_error"]["detail"]
     assert (await admin_client.get("/healthz")).status == 200
 
 

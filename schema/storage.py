@@ -1,0 +1,153 @@
+"""The storage interface: everything the service asks of a database, whatever the backend.
+
+``Storage`` is a ``Protocol``; ``schema.sqlite`` (the default, an embedded file) and
+``schema.postgres`` implement it, each with its SQL and migrations beside it. Handlers,
+the writer, the planner and the rollup jobs talk only to this interface; none of them
+imports a database driver. ``schema.backends.open_storage`` picks the backend from
+``--db``.
+
+Guarantees every backend gives (the same test suite checks them on each):
+
+- ``append`` is one transaction: the events, their rollup rows and their idempotency keys
+  are committed together or not at all, and it returns only after the commit is durable.
+- A key already stored by any writer (another instance, a concurrent transaction) is never
+  an error: ``append`` skips that group and returns the stored answer instead.
+- Every read is one snapshot: a count made of several statements cannot see half a commit,
+  and concurrent reads never share a connection or a transaction.
+- ``recount_day`` repairs a day under the backend's write exclusion, so the result is
+  exact while ingestion goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Protocol
+
+# A log row: (event_id, user_id, event_type, timestamp, payload JSON); timestamp in the
+# log's one format (schema.timestamps), payload as JSON text.
+EventRow = tuple[str, str, str, str, str]
+# An idempotency row: (key, request_hash, response JSON, created_at timestamp).
+KeyRow = tuple[str, bytes, str, str]
+# A stored idempotency answer: (request_hash, response JSON).
+StoredKey = tuple[bytes, str]
+
+
+class StorageError(Exception):
+    """The database refused or failed an operation (the backend's own error is the cause)."""
+
+
+class StorageBusyError(StorageError):
+    """The database could not take the operation within its busy timeout (answer 503)."""
+
+
+class StorageIntegrityError(StorageError):
+    """A constraint refused the write (e.g. an ``event_id`` that is already stored)."""
+
+
+class StorageUnavailableError(StorageError):
+    """The database cannot be reached or opened (answer 503; readiness fails)."""
+
+
+@dataclass(frozen=True)
+class WriteGroup:
+    """One request's rows and its optional idempotency key: written whole or skipped whole."""
+
+    rows: Sequence[EventRow]
+    key: KeyRow | None = None
+
+
+@dataclass(frozen=True)
+class LogSlice:
+    """Part of one UTC day, ``[lo, hi)`` as timestamp strings, counted from the log."""
+
+    day: str
+    lo: str
+    hi: str | None
+
+
+@dataclass(frozen=True)
+class CountPlan:
+    """Whole days ``[first_day, end_day)`` from the rollup plus partial days from the log.
+
+    A None day is unbounded on that side; ``first_day == end_day`` means no whole days.
+    """
+
+    first_day: str | None
+    end_day: str | None
+    slices: tuple[LogSlice, ...]
+    empty: bool = False
+
+
+@dataclass(frozen=True)
+class DayRecount:
+    """One day as the log counts it and as the rollup had it (``{event_type: n}``, types
+    without events absent; ``stored`` may hold stray keys), and whether it was repaired."""
+
+    day: str
+    counted: dict[str, int]
+    stored: dict[str, int]
+    repaired: bool = False
+    held_ms: float = 0.0  # how long a write transaction was held for the repair
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def differs(self) -> bool:
+        return self.counted != self.stored
+
+
+class Storage(Protocol):
+    """What the service needs from a database. Every method may raise
+    ``StorageBusyError``; none returns before its transaction has ended."""
+
+    description: str  # for logs: the file path, or the URL without its password
+
+    async def migrate(self) -> int:
+        """Create or upgrade the schema; return its version. Refuses a newer schema."""
+
+    async def open(self) -> None:
+        """Connect (and migrate). Raises ``StorageUnavailableError`` when it cannot."""
+
+    async def close(self) -> None:
+        """Wait for running operations, then release every connection."""
+
+    # --- writing -------------------------------------------------------------------
+
+    async def append(self, groups: Sequence[WriteGroup]) -> dict[str, StoredKey]:
+        """Append the groups' events, add them to every rollup and store their keys, in
+        one durable transaction. A group whose key is already stored is skipped whole;
+        the result maps each such key to its stored ``(request_hash, response)``."""
+
+    async def prune_keys(self, older_than: str) -> int:
+        """Forget idempotency keys created before ``older_than`` (a timestamp string)."""
+
+    # --- reading (each call one snapshot, on a connection of its own) ---------------
+
+    async def find_keys(self, keys: Sequence[str]) -> dict[str, StoredKey]:
+        """The stored answers of those ``keys`` that were used."""
+
+    async def count(self, plan: CountPlan, types: Iterable[str]) -> dict[str, int]:
+        """Events per type for the plan: rollup rows for whole days, the log for slices."""
+
+    async def count_by_day(
+        self, plan: CountPlan, types: Iterable[str]
+    ) -> dict[tuple[str, str], int]:
+        """``{(day, event_type): n}`` for the plan (absent: 0)."""
+
+    async def recent_days_with_data(self, n: int, until: str | None = None) -> list[str]:
+        """The ``n`` most recent UTC days (``<= until``) that have events, newest first."""
+
+    async def ping(self) -> bool:
+        """The database answers a trivial query."""
+
+    # --- rollup maintenance ----------------------------------------------------------
+
+    async def days_to_check(self, start: date | None, end: date | None) -> list[str]:
+        """Every UTC day in ``[start, end]`` that has events or rollup rows, in order;
+        rollup keys that are not real dates come last (only when no range is given)."""
+
+    async def recount_day(self, day: str, *, repair: bool) -> DayRecount:
+        """Count ``day`` from the log and compare it with the rollup, in one snapshot;
+        with ``repair``, a day that differs is recounted and rewritten under the write
+        exclusion, so no commit can interleave."""

@@ -673,7 +673,7 @@ async def has_events(db: str) -> bool:
     store = open_storage(db)
     await store.open()
     try:
-        return bool(await store.recent_days_with_data(1))
+        return await store.newest_bucket() is not None
     finally:
         await store.close()
 

@@ -83,6 +83,28 @@ class EventCountsByDay(BaseModel):
     days: list[DayCounts]
 
 
+class SeriesBucket(BaseModel):
+    """One local hour, day, ISO week or month; only the filtered type with `event_type`."""
+
+    model_config = ConfigDict(extra="forbid")
+    start: str = Field(
+        description="the bucket's first local instant with its UTC offset (ISO 8601)",
+        examples=["2025-05-01T00:00:00+05:45"],
+    )
+    view: Count | None = None
+    click: Count | None = None
+    location: Count | None = None
+
+
+class TimeSeries(BaseModel):
+    """Every bucket of the range in order, zero-filled."""
+
+    model_config = ConfigDict(extra="forbid")
+    interval: str = Field(pattern="^(hour|day|week|month)$")
+    tz: str = Field(description="the IANA time zone of the buckets")
+    buckets: list[SeriesBucket]
+
+
 class Health(BaseModel):
     status: str
 
@@ -94,8 +116,9 @@ class Readiness(BaseModel):
 
 class DayChange(BaseModel):
     date: str
-    before: dict[str, int]
-    after: dict[str, int]
+    before: dict[str, int] = Field(description="the daily rollup's counts per type before")
+    after: dict[str, int] = Field(description="the log's counts per type")
+    quarter_buckets: int = Field(description="15-minute rollup rows that differed")
 
 
 class RollupReport(BaseModel):
@@ -144,6 +167,7 @@ _MODELS: list[tuple[type[BaseModel], str]] = [
     (EventCounts, "serialization"),
     (EventCountsByType, "serialization"),
     (EventCountsByDay, "serialization"),
+    (TimeSeries, "serialization"),
     (Health, "serialization"),
     (Readiness, "serialization"),
     (RollupReport, "serialization"),
@@ -181,8 +205,9 @@ DATE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
 DATE_TIME = DATE + r"[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+ \-][0-9]{2}:[0-9]{2})"
 DATE_BOUND_PATTERN = f"^({DATE}|{DATE_TIME})$"
 _BOUND_HELP = (
-    "`YYYY-MM-DD` (a whole UTC day, inclusive) or an RFC 3339 date-time with an offset "
-    "(`2025-05-28T09:30:00+02:00`, an exact instant, inclusive). A date-time without an "
+    "`YYYY-MM-DD` (a whole local day of `tz`, inclusive; a day may last 23 or 25 hours) "
+    "or an RFC 3339 date-time with an offset (`2025-05-28T09:30:00+02:00`, an exact "
+    "instant, inclusive, whatever `tz` says). A date-time without an "
     "offset, an impossible date (`2025-02-30`) or a repeated parameter is a 400."
 )
 
@@ -203,6 +228,25 @@ def _date_param(name: str, side: str) -> dict[str, Any]:
 
 START = _date_param("start_date", "Start")
 END = _date_param("end_date", "End")
+TZ = {
+    "name": "tz",
+    "in": "query",
+    "required": False,
+    "description": (
+        "IANA time zone (`Europe/Berlin`, `Asia/Kathmandu`); default `UTC`. It says which "
+        "local day a `YYYY-MM-DD` bound means and which local day, hour, week or month an "
+        "event falls in. An unknown name is a 400."
+    ),
+    "schema": {"type": "string", "maxLength": 64, "default": "UTC"},
+    "examples": {"utc": {"value": "UTC"}, "kathmandu": {"value": "Asia/Kathmandu"}},
+}
+INTERVAL = {
+    "name": "interval",
+    "in": "query",
+    "required": True,
+    "description": "Bucket size: local clock hours, local days, ISO weeks (Monday) or months.",
+    "schema": {"type": "string", "enum": ["hour", "day", "week", "month"]},
+}
 EVENT_TYPE = {
     "name": "event_type",
     "in": "query",
@@ -348,22 +392,38 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "tags": ["analytics"],
         "summary": "Exact number of events",
         "description": "Unknown or repeated parameters are a 400.",
-        "parameters": [EVENT_TYPE, START, END],
+        "parameters": [EVENT_TYPE, START, END, TZ],
         "responses": _responses((200, _json("The count", "EventCounts")), 400),
     },
     ("GET", "/analytics/event-counts-by-type"): {
         "tags": ["analytics"],
         "summary": "Exact number of events per type",
         "description": "An `event_type` parameter here is an unknown parameter: 400.",
-        "parameters": [START, END],
+        "parameters": [START, END, TZ],
         "responses": _responses((200, _json("Counts per type", "EventCountsByType")), 400),
     },
     ("GET", "/analytics/event-counts-by-day"): {
         "tags": ["analytics"],
-        "summary": "Exact number of events per UTC day and type",
-        "description": "The range defaults to the last 30 days that have data.",
-        "parameters": [EVENT_TYPE, START, END],
+        "summary": "Exact number of events per local day and type",
+        "description": (
+            "One zero-filled entry per local day of `tz`. The range defaults to the last 30 "
+            "days up to and including today, or, when those hold no event, the 30 days up to "
+            "the newest day that has events. At most 3,660 days."
+        ),
+        "parameters": [EVENT_TYPE, START, END, TZ],
         "responses": _responses((200, _json("Counts per day", "EventCountsByDay")), 400),
+    },
+    ("GET", "/analytics/timeseries"): {
+        "tags": ["analytics"],
+        "summary": "Exact counts per local hour, day, ISO week or month",
+        "description": (
+            "Every bucket of the range, zero-filled; `start` is the bucket's first local "
+            "instant with its offset. The range defaults to the last 24 hours, 30 days, 12 "
+            "weeks or 12 months ending now. When the clock goes back, the repeated hour is two "
+            "buckets, each with its own offset. More than 10,000 buckets is a 400."
+        ),
+        "parameters": [INTERVAL, EVENT_TYPE, START, END, TZ],
+        "responses": _responses((200, _json("The series", "TimeSeries")), 400),
     },
     ("GET", "/healthz"): {
         "tags": ["operations"],

@@ -1,58 +1,73 @@
 """Strict query-string parsing for the analytics endpoints.
 
 Unknown or repeated parameters are errors (a typo like ``start-date`` must not silently
-mean "no filter"). Date bounds become a half-open UTC range ``[lo, hi)`` of log timestamps.
+mean "no filter"), and a value is taken exactly as sent: surrounding whitespace or a
+trailing newline makes it malformed (every pattern is matched with ``fullmatch``). Date
+bounds become a half-open UTC interval ``[lo, hi)``: a ``YYYY-MM-DD`` bound is a local
+day of ``tz``; a date-time with an offset is the same instant whatever ``tz`` says.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 
 from multidict import MultiMapping
 
 from app.problems import bad_request
+from query.plan import Interval
+from query.zones import day_start, next_day_start, parse_zone
 from schema.events import EVENT_TYPES
-from schema.timestamps import UTC, format_ts
 
 # re.ASCII: \d is 0-9 only (without it, "٢٠٢٥-٠١-٠١" would be read as 2025-01-01).
-_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$", re.ASCII)
+_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})", re.ASCII)
 # RFC 3339 date-time. A space before the offset is read as "+": an unencoded "+" in a
 # query string arrives as a space.
 _DATETIME = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"(?:(?P<z>[Zz])|(?P<sign>[+\- ])(?P<oh>\d{2}):(?P<om>\d{2}))?$",
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(?:(?P<z>[Zz])|(?P<sign>[+\- ])(?P<oh>\d{2}):(?P<om>\d{2}))?",
     re.ASCII,
 )
 MAX_PARAM_CHARS = 64
+INTERVALS = ("hour", "day", "week", "month")
+_MICRO = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
 class Bound:
-    """A parsed bound: ``at`` is the UTC instant truncated to microseconds (None when
-    outside datetime's range), ``nanos`` the digits beyond microseconds (0–999),
-    ``whole_day`` says it was a plain date, ``beyond`` is -1/+1 when out of range."""
+    """A parsed bound: a local ``day`` (``YYYY-MM-DD``), or an instant ``at`` (UTC,
+    truncated to microseconds; ``nanos`` the digits beyond, 0–999). ``beyond`` is -1/+1
+    for an instant outside datetime's range (``at`` is then None)."""
 
-    at: datetime | None
-    whole_day: bool
-    beyond: int = 0
+    day: date | None = None
+    at: datetime | None = None
     nanos: int = 0
+    beyond: int = 0
 
 
 @dataclass(frozen=True)
-class TimeRange:
-    """``[lo, hi)`` as log timestamp strings; None is unbounded; ``empty``: nothing matches."""
+class Query:
+    """A validated analytics query string."""
 
-    lo: str | None
-    hi: str | None
-    empty: bool = False
+    event_type: str | None
+    zone: tzinfo
+    zone_name: str
+    start: Bound | None
+    end: Bound | None
+    interval: str | None = None
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        return (self.event_type,) if self.event_type else EVENT_TYPES
+
+    def span(self) -> Interval | None:
+        """``[lo, hi)`` in UTC (None sides unbounded), or None when nothing can match."""
+        return _span(self.start, self.end, self.zone)
 
 
-def parse_query(
-    query: MultiMapping[str], allowed: tuple[str, ...]
-) -> tuple[TimeRange, str | None, dict[str, Bound]]:
-    """Validate the query string; return the range, the event type and the raw bounds.
+def parse_query(query: MultiMapping[str], allowed: tuple[str, ...]) -> Query:
+    """Validate the query string against the ``allowed`` parameter names.
 
     Raises a 400 Problem listing every bad parameter.
     """
@@ -81,43 +96,100 @@ def parse_query(
         )
         event_type = None
 
+    zone_name = values.get("tz", "UTC")
+    zone = parse_zone(zone_name)
+    if zone is None:
+        shown = zone_name[:MAX_PARAM_CHARS]
+        errors.append(
+            {"field": "tz", "message": f"{shown!r} is not an IANA time zone (e.g. Europe/Berlin)"}
+        )
+        zone = UTC
+
+    interval = values.get("interval")
+    if "interval" in allowed:
+        if interval is None:
+            errors.append({"field": "interval", "message": "is required: hour, day, week or month"})
+        elif interval not in INTERVALS:
+            errors.append({"field": "interval", "message": "must be hour, day, week or month"})
+
     bounds: dict[str, Bound] = {}
-    for name, is_end in (("start_date", False), ("end_date", True)):
+    for name in ("start_date", "end_date"):
         if name in values:
-            bound, message = _parse_bound(values[name], is_end)
+            bound, message = _parse_bound(values[name])
             if message:
                 errors.append({"field": name, "message": message})
             elif bound is not None:
                 bounds[name] = bound
 
     start, end = bounds.get("start_date"), bounds.get("end_date")
-    if start and end and _after(start, end):
+    if start and end and _after(start, end, zone):
         errors.append({"field": "start_date", "message": "must not be after end_date"})
     if errors:
         raise bad_request(errors)
-    return _to_range(start, end), event_type, bounds
+    return Query(event_type, zone, zone_name, start, end, interval)
 
 
-def _after(start: Bound, end: Bound) -> bool:
-    if start.beyond or end.beyond:  # -1 is before every datetime, +1 after every one
-        return start.beyond > end.beyond
-    assert start.at is not None and end.at is not None
-    return (start.at, start.nanos) > (end.at, end.nanos)
+def _first_point(bound: Bound, zone: tzinfo) -> tuple[int, datetime | None, int]:
+    """The bound's first instant as a sortable ``(beyond, instant, nanos)``."""
+    if bound.day is not None:
+        return 0, day_start(bound.day, zone), 0
+    return bound.beyond, bound.at, bound.nanos
 
 
-def _parse_bound(text: str, is_end: bool) -> tuple[Bound | None, str]:
+def _last_point(bound: Bound, zone: tzinfo) -> tuple[int, datetime | None, int]:
+    """The bound's last instant: a date's last nanosecond, or the instant itself."""
+    if bound.day is not None:
+        end = next_day_start(bound.day, zone)
+        return (1, None, 0) if end is None else (0, end - _MICRO, 999)
+    return bound.beyond, bound.at, bound.nanos
+
+
+def _after(start: Bound, end: Bound, zone: tzinfo) -> bool:
+    first, last = _first_point(start, zone), _last_point(end, zone)
+    if first[0] or last[0] or first[1] is None or last[1] is None:
+        return first[0] > last[0]  # -1 is before every datetime, +1 after every one
+    return (first[1], first[2]) > (last[1], last[2])
+
+
+def _span(start: Bound | None, end: Bound | None, zone: tzinfo) -> Interval | None:
+    lo: datetime | None = None
+    hi: datetime | None = None
+    if start is not None:
+        if start.day is not None:
+            lo = day_start(start.day, zone)
+            if lo is None:
+                return None  # a start past the calendar
+        elif start.beyond > 0:
+            return None
+        elif start.at is not None:
+            try:  # the log has microseconds: a start between two of them rounds up
+                lo = start.at + (_MICRO if start.nanos else timedelta(0))
+            except OverflowError:
+                return None
+    if end is not None:
+        if end.day is not None:
+            hi = next_day_start(end.day, zone)
+        elif end.beyond < 0:
+            return None
+        elif end.at is not None:
+            try:
+                hi = end.at + _MICRO
+            except OverflowError:
+                hi = None
+    if lo is not None and hi is not None and lo >= hi:
+        return None
+    return lo, hi
+
+
+def _parse_bound(text: str) -> tuple[Bound | None, str]:
     if len(text) > MAX_PARAM_CHARS:
         return None, "is too long to be a date"
-    if m := _DATE.match(text):
+    if m := _DATE.fullmatch(text):
         try:
-            day = date(int(m[1]), int(m[2]), int(m[3]))
+            return Bound(day=date(int(m[1]), int(m[2]), int(m[3]))), ""
         except ValueError:
             return None, f"{text!r} is not a real calendar date"
-        at = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        if is_end:  # the last instant of the day
-            at = at.replace(hour=23, minute=59, second=59, microsecond=999_999)
-        return Bound(at, whole_day=True), ""
-    if m := _DATETIME.match(text):
+    if m := _DATETIME.fullmatch(text):
         if not m["z"] and not m["sign"]:
             return None, "a date-time needs an offset (Z or ±HH:MM): without one it is ambiguous"
         fraction = (m[7] or "").ljust(9, "0")
@@ -140,30 +212,6 @@ def _parse_bound(text: str, is_end: bool) -> tuple[Bound | None, str]:
         try:
             at = local.astimezone(UTC)
         except OverflowError:
-            return Bound(None, whole_day=False, beyond=-1 if local.year < 5000 else 1), ""
-        return Bound(at, whole_day=False, nanos=nanos), ""
+            return Bound(beyond=-1 if local.year < 5000 else 1), ""
+        return Bound(at=at, nanos=nanos), ""
     return None, f"{text!r} is neither a date (YYYY-MM-DD) nor an RFC 3339 date-time with offset"
-
-
-def _to_range(start: Bound | None, end: Bound | None) -> TimeRange:
-    lo: str | None = None
-    hi: str | None = None
-    if start is not None:
-        if start.beyond > 0:
-            return TimeRange(None, None, empty=True)
-        if start.at is not None:
-            try:  # the log has microseconds: a start between two of them rounds up
-                lo = format_ts(start.at + timedelta(microseconds=1 if start.nanos else 0))
-            except OverflowError:
-                return TimeRange(None, None, empty=True)
-    if end is not None:
-        if end.beyond < 0:
-            return TimeRange(None, None, empty=True)
-        if end.at is not None:
-            try:
-                hi = format_ts(end.at + timedelta(microseconds=1))
-            except OverflowError:
-                hi = None
-    if lo is not None and hi is not None and lo >= hi:
-        return TimeRange(None, None, empty=True)
-    return TimeRange(lo, hi)

@@ -1,57 +1,117 @@
-"""Split a time range into whole UTC days (answered by the rollup) and at most two
-partial days at its edges (counted from the log through its index).
+"""Split UTC intervals into the largest rollup units that cover them whole.
 
-No whole day is ever counted from the log, so a query's cost does not grow with the
-data: at most two days of index entries, plus one rollup row per day and type.
+An interval ``[lo, hi)`` becomes whole UTC days (the daily rollup), then whole 15-minute
+buckets at its edges (the quarter-hour rollup), and only the parts smaller than a bucket —
+where a date-time bound cuts one — are counted from the log, through its
+``(event_type, timestamp)`` index. A query's cost therefore does not grow with the data:
+at most two sub-bucket slivers of the log per interval, plus rollup rows.
+
+A local day in a zone whose offset is not a whole day's (all but UTC) is a tail of one
+UTC day and a head of the next: up to 95 quarter buckets on each side. Where the cut
+falls past noon (Kathmandu's 18:15Z), the side within the day is the smaller one to read
+as a whole day minus its complement; ``_edge`` picks the cheaper reading.
 """
 
 from __future__ import annotations
 
-from datetime import date
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
-from query.params import TimeRange
-from schema.storage import CountPlan, LogSlice
-from schema.timestamps import day_of, day_start, next_day
+from schema.storage import CountPlan
+from schema.timestamps import format_ts
 
-_MIDNIGHT = "T00:00:00.000000Z"
+QUARTER_S = 15 * 60
+DAY_S = 24 * 60 * 60
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-
-def _is_midnight(ts: str) -> bool:
-    return ts.endswith(_MIDNIGHT)
-
-
-def plan_range(span: TimeRange) -> CountPlan:
-    if span.empty:
-        return CountPlan(None, None, (), empty=True)
-    lo, hi = span.lo, span.hi
-    first_day: str | None = None
-    end_day: str | None = None
-    slices: list[LogSlice] = []
-
-    if lo is not None:
-        lo_day = day_of(lo)
-        if _is_midnight(lo):
-            first_day = lo_day
-        else:
-            following = next_day(date.fromisoformat(lo_day))
-            slice_hi = day_start(following) if following else None
-            if hi is not None and (slice_hi is None or hi <= slice_hi):
-                return _slices_only(LogSlice(lo_day, lo, hi))  # within one day
-            slices.append(LogSlice(lo_day, lo, slice_hi))
-            if following is None:  # the calendar's last day
-                return _slices_only(*slices)
-            first_day = following.isoformat()
-
-    if hi is not None:
-        end_day = day_of(hi)
-        if not _is_midnight(hi):
-            slices.append(LogSlice(end_day, end_day + _MIDNIGHT, hi))
-
-    if first_day is not None and end_day is not None and first_day >= end_day:
-        first_day = end_day  # no whole days: an empty day range
-    return CountPlan(first_day, end_day, tuple(slices))
+# An interval: half-open UTC instants; None is unbounded on that side.
+Interval = tuple[datetime | None, datetime | None]
 
 
-def _slices_only(*slices: LogSlice) -> CountPlan:
-    day = slices[0].day
-    return CountPlan(day, day, slices)  # first_day == end_day: no whole days
+def seconds(instant: datetime) -> int:
+    """Whole seconds since the Unix epoch (floor)."""
+    return (instant - _EPOCH) // timedelta(seconds=1)
+
+
+def _instant(epoch_s: int) -> datetime:
+    return _EPOCH + timedelta(seconds=epoch_s)
+
+
+_LAST_S = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(seconds=1)
+
+
+def _ceil(instant: datetime, unit: int) -> int:
+    """The first multiple of ``unit`` seconds at or after ``instant`` (epoch seconds)."""
+    whole = seconds(instant)
+    if instant > _instant(whole):  # a fraction of a second past ``whole``
+        whole += 1
+    return -(-whole // unit) * unit
+
+
+def _floor(instant: datetime, unit: int) -> int:
+    return seconds(instant) // unit * unit
+
+
+def _day(epoch_s: int) -> str:
+    return _instant(epoch_s).date().isoformat()
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.days: list[tuple[int, str | None, str | None]] = []
+        self.quarters: list[tuple[int, int, int]] = []
+        self.log: list[tuple[int, str, str | None]] = []
+
+    def add(self, part: int, lo: datetime | None, hi: datetime | None) -> None:
+        if lo is not None and hi is not None and lo >= hi:
+            return
+        lo_q = _ceil(lo, QUARTER_S) if lo is not None else None
+        hi_q = _floor(hi, QUARTER_S) if hi is not None else None
+        if lo_q is not None and (lo_q > _LAST_S or (hi_q is not None and lo_q >= hi_q)):
+            self._log(part, lo, hi)  # no whole bucket inside
+            return
+        if lo is not None and lo_q is not None and lo < _instant(lo_q):
+            self._log(part, lo, _instant(lo_q))
+        if hi is not None and hi_q is not None and _instant(hi_q) < hi:
+            self._log(part, _instant(hi_q), hi)
+        self._aligned(part, lo_q, hi_q)
+
+    def _aligned(self, part: int, lo_q: int | None, hi_q: int | None) -> None:
+        """``[lo_q, hi_q)`` on bucket boundaries: whole days plus buckets at the edges."""
+        lo_d = -(-lo_q // DAY_S) * DAY_S if lo_q is not None else None
+        hi_d = hi_q // DAY_S * DAY_S if hi_q is not None else None
+        if lo_q is not None and lo_d is not None and lo_d > _LAST_S:  # the calendar's last day
+            self.quarters.append((part, lo_q, hi_q if hi_q is not None else lo_d))
+            return
+        if lo_q is not None and hi_q is not None and lo_d is not None and hi_d is not None:  # noqa: SIM102
+            if lo_d >= hi_d:  # no whole day inside
+                self.quarters.append((part, lo_q, hi_q))
+                return
+        self.days.append(
+            (
+                part,
+                _day(lo_d) if lo_d is not None else None,
+                _day(hi_d) if hi_d is not None else None,
+            )
+        )
+        if lo_q is not None and lo_d is not None and lo_q < lo_d:
+            self.quarters.append((part, lo_q, lo_d))
+        if hi_q is not None and hi_d is not None and hi_d < hi_q:
+            self.quarters.append((part, hi_d, hi_q))
+
+    def _log(self, part: int, lo: datetime | None, hi: datetime | None) -> None:
+        assert lo is not None  # an unbounded side never cuts a bucket
+        self.log.append((part, format_ts(lo), format_ts(hi) if hi is not None else None))
+
+
+def plan_intervals(intervals: Sequence[Interval]) -> CountPlan:
+    """The plan counting each interval (its id is its index)."""
+    builder = _Builder()
+    for part, (lo, hi) in enumerate(intervals):
+        builder.add(part, lo, hi)
+    return CountPlan(
+        intervals=len(intervals),
+        days=tuple(builder.days),
+        quarters=tuple(builder.quarters),
+        log=tuple(builder.log),
+    )

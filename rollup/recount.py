@@ -29,12 +29,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DayChange:
-    """One day whose rollup differed from the log: ``{event_type: count}`` on each side
-    (a type with no events is absent; ``before`` may hold stray types)."""
+    """One day whose rollups differed from the log: the daily ``{event_type: count}`` on
+    each side (a type with no events is absent; ``before`` may hold stray types), and how
+    many of its 15-minute ``(bucket, event_type)`` rows differed."""
 
     date: str
     before: dict[str, int]
     after: dict[str, int]
+    quarter_buckets: int = 0
 
     def describe(self) -> str:
         types = [t for t in EVENT_TYPES if t in self.before or t in self.after]
@@ -44,6 +46,8 @@ class DayChange:
             old, new = self.before.get(t), self.after.get(t)
             if old != new:
                 parts.append(f"{t} {_n(old)} -> {_n(new)}")
+        if self.quarter_buckets:
+            parts.append(f"{self.quarter_buckets} of its 15-minute rows")
         return ", ".join(parts)
 
 
@@ -125,7 +129,7 @@ async def run(
             report.events_counted += sum(result.counted.values())
             report.longest_transaction_ms = max(report.longest_transaction_ms, result.held_ms)
             if result.differs:
-                change = DayChange(day, result.stored, result.counted)
+                change = DayChange(day, result.stored, result.counted, result.quarters_differing)
                 report.days_changed.append(change)
                 log.warning(
                     "rollup %s: %s %s: %s",

@@ -21,7 +21,7 @@ Guarantees every backend gives (the same test suite checks them on each):
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from typing import Protocol
 
@@ -59,42 +59,40 @@ class WriteGroup:
 
 
 @dataclass(frozen=True)
-class LogSlice:
-    """Part of one UTC day, ``[lo, hi)`` as timestamp strings, counted from the log."""
-
-    day: str
-    lo: str
-    hi: str | None
-
-
-@dataclass(frozen=True)
 class CountPlan:
-    """Whole days ``[first_day, end_day)`` from the rollup plus partial days from the log.
+    """How to count ``intervals`` half-open UTC intervals (ids ``0 … intervals-1``) per
+    event type: whole UTC days from the daily rollup, whole 15-minute buckets from the
+    quarter-hour rollup, and only what no bucket covers whole from the log. Each part is
+    ``(interval id, lo, hi)``, half-open:
 
-    A None day is unbounded on that side; ``first_day == end_day`` means no whole days.
+    - ``days``: UTC dates ``'YYYY-MM-DD'`` (None: unbounded on that side);
+    - ``quarters``: bucket starts in seconds since the Unix epoch (multiples of 900);
+    - ``log``: log timestamp strings (``hi`` None: unbounded).
     """
 
-    first_day: str | None
-    end_day: str | None
-    slices: tuple[LogSlice, ...]
-    empty: bool = False
+    intervals: int
+    days: tuple[tuple[int, str | None, str | None], ...] = ()
+    quarters: tuple[tuple[int, int, int], ...] = ()
+    log: tuple[tuple[int, str, str | None], ...] = ()
 
 
 @dataclass(frozen=True)
 class DayRecount:
-    """One day as the log counts it and as the rollup had it (``{event_type: n}``, types
-    without events absent; ``stored`` may hold stray keys), and whether it was repaired."""
+    """One UTC day as the log counts it and as the daily rollup had it (``{event_type:
+    n}``, types without events absent; ``stored`` may hold stray keys), how many of the
+    day's 15-minute ``(bucket, event_type)`` rows differed from the log, and whether the
+    day was repaired."""
 
     day: str
     counted: dict[str, int]
     stored: dict[str, int]
+    quarters_differing: int = 0
     repaired: bool = False
     held_ms: float = 0.0  # how long a write transaction was held for the repair
-    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def differs(self) -> bool:
-        return self.counted != self.stored
+        return self.counted != self.stored or self.quarters_differing > 0
 
 
 class Storage(Protocol):
@@ -127,16 +125,13 @@ class Storage(Protocol):
     async def find_keys(self, keys: Sequence[str]) -> dict[str, StoredKey]:
         """The stored answers of those ``keys`` that were used."""
 
-    async def count(self, plan: CountPlan, types: Iterable[str]) -> dict[str, int]:
-        """Events per type for the plan: rollup rows for whole days, the log for slices."""
+    async def count(self, plan: CountPlan, types: Iterable[str]) -> dict[tuple[int, str], int]:
+        """``{(interval id, event_type): n}`` for the plan's intervals (absent: 0), all
+        parts read in one snapshot."""
 
-    async def count_by_day(
-        self, plan: CountPlan, types: Iterable[str]
-    ) -> dict[tuple[str, str], int]:
-        """``{(day, event_type): n}`` for the plan (absent: 0)."""
-
-    async def recent_days_with_data(self, n: int, until: str | None = None) -> list[str]:
-        """The ``n`` most recent UTC days (``<= until``) that have events, newest first."""
+    async def newest_bucket(self) -> int | None:
+        """The start (Unix seconds) of the newest 15-minute bucket holding an event, or
+        None when there are none."""
 
     async def ping(self) -> bool:
         """The database answers a trivial query."""

@@ -68,7 +68,12 @@ async def test_schemas_come_from_the_validating_models(client: TestClient) -> No
         "$ref": "#/components/schemas/Event"
     }
     by_day = doc["paths"]["/analytics/event-counts-by-day"]["get"]
-    assert {p["name"] for p in by_day["parameters"]} == {"event_type", "start_date", "end_date"}
+    assert {p["name"] for p in by_day["parameters"]} == {
+        "event_type",
+        "start_date",
+        "end_date",
+        "tz",
+    }
     # Every $ref resolves.
     text = str(doc)
     for ref in set(re.findall(r"#/components/schemas/(\w+)", text)):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.helpers import append, assert_problem, row
+from tests.helpers import append, assert_problem, row, view
 
 # Events at the edges of 2025-05-01 .. 2025-05-03 (UTC).
 ROWS = [
@@ -133,7 +135,12 @@ async def test_empty_database(client: TestClient) -> None:
     assert await total(client) == 0
     assert await by_type(client) == {}
     response = await client.get("/analytics/event-counts-by-day")
-    assert await response.json() == {"days": []}
+    days = (await response.json())["days"]  # the last 30 days up to today, all zero
+    today = datetime.now(UTC).date()
+    assert [d["date"] for d in days] == [
+        (today - timedelta(days=29 - n)).isoformat() for n in range(30)
+    ]
+    assert all(d["view"] == d["click"] == d["location"] == 0 for d in days)
 
 
 async def test_counts_by_day_zero_filled(seeded: TestClient) -> None:
@@ -152,37 +159,44 @@ async def test_counts_by_day_zero_filled(seeded: TestClient) -> None:
     ]
 
 
-async def test_counts_by_day_defaults_to_last_30_days_with_data(seeded: TestClient) -> None:
+async def test_counts_by_day_default_is_the_30_days_up_to_the_newest_day_when_recent_days_are_empty(
+    seeded: TestClient,
+) -> None:
+    """The seeded events are all in 2025: the last 30 days hold none (contract)."""
     days = (await (await seeded.get("/analytics/event-counts-by-day")).json())["days"]
-    assert [d["date"] for d in days] == [
-        "2025-04-30",
-        "2025-05-01",
-        "2025-05-02",
-        "2025-05-03",
-        "2025-05-04",
-    ]
+    assert len(days) == 30
+    assert days[0]["date"] == "2025-04-05" and days[-1]["date"] == "2025-05-04"
     assert sum(d["view"] + d["click"] + d["location"] for d in days) == 8
 
 
-async def test_counts_by_day_default_starts_at_the_30th_most_recent_day_with_data(
-    client: TestClient,
+async def test_counts_by_day_default_is_the_last_30_days_when_they_hold_an_event(
+    seeded: TestClient,
 ) -> None:
-    await append(
-        client, [row("view", f"2025-03-{d:02d}T10:00:00.000000Z") for d in range(1, 32, 2)]
-    )
-    await append(
-        client, [row("click", f"2025-05-{d:02d}T10:00:00.000000Z") for d in range(1, 30, 2)]
-    )
-    days = (await (await client.get("/analytics/event-counts-by-day")).json())["days"]
-    with_data = [d["date"] for d in days if d["view"] or d["click"]]
-    assert len(with_data) == 30 and days[-1]["date"] == "2025-05-29"
-    assert days[0]["date"] == "2025-03-03"  # 15 May days + 15 March days; 2025-03-01 is the 31st
+    """Outside testing's case: old sample data plus an event today must not give a
+    578-day chart; the last 30 days up to today are listed."""
+    assert (await seeded.post("/events", json=view())).status == 202
+    days = (await (await seeded.get("/analytics/event-counts-by-day")).json())["days"]
+    today = datetime.now(UTC).date()
+    assert days[0]["date"] == (today - timedelta(days=29)).isoformat()
+    assert days[-1]["date"] == today.isoformat() and len(days) == 30
+    assert days[-1]["view"] == 1
+
+
+async def test_counts_by_day_with_only_one_bound(client: TestClient) -> None:
+    await append(client, [row("view", f"2025-03-{d:02d}T10:00:00.000000Z") for d in range(1, 32)])
     until = (
         await (
             await client.get("/analytics/event-counts-by-day", params={"end_date": "2025-03-31"})
         ).json()
     )["days"]
-    assert until[0]["date"] == "2025-03-01" and until[-1]["date"] == "2025-03-31"
+    assert until[0]["date"] == "2025-03-02" and until[-1]["date"] == "2025-03-31"
+    since = (
+        await (
+            await client.get("/analytics/event-counts-by-day", params={"start_date": "2025-03-30"})
+        ).json()
+    )["days"]
+    assert since[0]["date"] == "2025-03-30"
+    assert since[-1]["date"] == datetime.now(UTC).date().isoformat()  # through today
 
 
 @pytest.mark.parametrize(

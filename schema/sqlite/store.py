@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +45,13 @@ from schema.timestamps import day_start, next_day, parse_day
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# The 15-minute bucket (epoch seconds, floored to 900; SQLite's % truncates toward zero,
+# hence the double modulo for instants before 1970) of a column ``s`` of epoch seconds.
+BUCKET_OF_S = "s - ((s % 900) + 900) % 900"
+EPOCH_S_OF_TIMESTAMP = "unixepoch(substr(timestamp, 1, 19))"
+
+_EPOCH_DAY = date(1970, 1, 1)
 
 # Sentinels that sort before and after every day / timestamp string.
 LOWEST = ""
@@ -69,6 +77,13 @@ INSERT INTO daily_event_counts (day, event_type, count)
 SELECT substr(timestamp, 1, 10), event_type, COUNT(*) FROM events WHERE seq > ? GROUP BY 1, 2
 ON CONFLICT (day, event_type) DO UPDATE SET count = count + excluded.count
 """
+ADD_TO_QUARTERS_SQL = f"""
+INSERT INTO quarter_hour_event_counts (bucket, event_type, count)
+SELECT {BUCKET_OF_S}, event_type, COUNT(*) FROM (
+    SELECT {EPOCH_S_OF_TIMESTAMP} AS s, event_type FROM events WHERE seq > ?
+) WHERE true GROUP BY 1, 2
+ON CONFLICT (bucket, event_type) DO UPDATE SET count = count + excluded.count
+"""
 INSERT_KEYS_SQL = (
     "INSERT INTO idempotency_keys (key, request_hash, response, created_at) VALUES (?, ?, ?, ?)"
 )
@@ -77,39 +92,61 @@ PRUNE_KEYS_SQL = "DELETE FROM idempotency_keys WHERE created_at < ?"
 
 # --- reading -------------------------------------------------------------------------
 
-SUM_ROLLUP_SQL = """
-SELECT event_type, SUM(count) FROM daily_event_counts
-WHERE day >= ? AND day < ? GROUP BY event_type
+# One statement per source for all of a plan's parts: each part ``[id, lo, hi]`` of the
+# JSON parameter is one index range (nested loop: the parts outside, the index inside).
+SUM_DAYS_SQL = """
+SELECT part.value->>0, c.event_type, SUM(c.count)
+FROM json_each(?) AS part JOIN daily_event_counts AS c
+    ON c.day >= part.value->>1 AND c.day < part.value->>2
+GROUP BY 1, 2
 """
-ROLLUP_BY_DAY_SQL = """
-SELECT day, event_type, count FROM daily_event_counts WHERE day >= ? AND day < ?
+SUM_QUARTERS_SQL = """
+SELECT part.value->>0, c.event_type, SUM(c.count)
+FROM json_each(?) AS part JOIN quarter_hour_event_counts AS c
+    ON c.bucket >= part.value->>1 AND c.bucket < part.value->>2
+GROUP BY 1, 2
 """
-# Uses the (event_type, timestamp) index: one index range per type, never the table.
+# Uses the (event_type, timestamp) index: one index range per type and part, never the table.
 COUNT_LOG_SQL = """
-SELECT event_type, COUNT(*) FROM events
-WHERE event_type IN ({marks}) AND timestamp >= ? AND timestamp < ?
-GROUP BY event_type
+SELECT part.value->>0, e.event_type, COUNT(*)
+FROM json_each(?) AS part JOIN events AS e
+    ON e.event_type IN ({marks}) AND e.timestamp >= part.value->>1 AND e.timestamp < part.value->>2
+GROUP BY 1, 2
 """
-# Only well-formed days: a stray rollup key must not break the default range (reconcile removes it).
-RECENT_DAYS_SQL = """
-SELECT DISTINCT day FROM daily_event_counts
-WHERE day <= ? AND day GLOB '[0-9][0-9][0-9][0-9]-[0-1][0-9]-[0-3][0-9]'
-ORDER BY day DESC LIMIT ?
-"""
+NEWEST_BUCKET_SQL = "SELECT MAX(bucket) FROM quarter_hour_event_counts"
 
 # --- rollup maintenance --------------------------------------------------------------
 
-COUNT_ALL_TYPES_SQL = COUNT_LOG_SQL.format(marks=", ".join("?" * len(EVENT_TYPES)))
 # Each is one descent of the (event_type, timestamp) index: O(log n), never a scan.
 FIRST_TIMESTAMP_SQL = "SELECT MIN(timestamp) FROM events WHERE event_type = ?"
 LAST_TIMESTAMP_SQL = "SELECT MAX(timestamp) FROM events WHERE event_type = ?"
 ROLLUP_DAYS_SQL = "SELECT DISTINCT day FROM daily_event_counts ORDER BY day"
-ROLLUP_OF_DAY_SQL = "SELECT event_type, count FROM daily_event_counts WHERE day = ?"
-SET_ROLLUP_SQL = """
+# Days (epoch seconds of their first instant) that hold quarter rows; a rollup of a year
+# is ~100k rows, scanned once per pass.
+QUARTER_DAYS_SQL = (
+    "SELECT DISTINCT bucket - ((bucket % 86400) + 86400) % 86400 FROM quarter_hour_event_counts"
+)
+# One day of the log per (bucket, type), through the (event_type, timestamp) index.
+COUNT_DAY_BY_QUARTER_SQL = f"""
+SELECT {BUCKET_OF_S}, event_type, COUNT(*) FROM (
+    SELECT {EPOCH_S_OF_TIMESTAMP} AS s, event_type FROM events
+    WHERE event_type IN ({", ".join("?" * len(EVENT_TYPES))}) AND timestamp >= ? AND timestamp < ?
+) GROUP BY 1, 2
+"""
+DAILY_OF_DAY_SQL = "SELECT event_type, count FROM daily_event_counts WHERE day = ?"
+QUARTERS_OF_DAY_SQL = """
+SELECT bucket, event_type, count FROM quarter_hour_event_counts WHERE bucket >= ? AND bucket < ?
+"""
+SET_DAILY_SQL = """
 INSERT INTO daily_event_counts (day, event_type, count) VALUES (?, ?, ?)
 ON CONFLICT (day, event_type) DO UPDATE SET count = excluded.count
 """
-DELETE_ROLLUP_SQL = "DELETE FROM daily_event_counts WHERE day = ? AND event_type = ?"
+DELETE_DAILY_SQL = "DELETE FROM daily_event_counts WHERE day = ? AND event_type = ?"
+SET_QUARTER_SQL = """
+INSERT INTO quarter_hour_event_counts (bucket, event_type, count) VALUES (?, ?, ?)
+ON CONFLICT (bucket, event_type) DO UPDATE SET count = excluded.count
+"""
+DELETE_QUARTER_SQL = "DELETE FROM quarter_hour_event_counts WHERE bucket = ? AND event_type = ?"
 
 BUSY_ATTEMPTS = 3  # a repair's attempts at the write lock, each waiting busy_timeout
 
@@ -315,27 +352,15 @@ class SQLiteStore:
             return {}
         return await self._read(_find_keys, list(keys))
 
-    async def count(self, plan: CountPlan, types: Iterable[str]) -> dict[str, int]:
+    async def count(self, plan: CountPlan, types: Iterable[str]) -> dict[tuple[int, str], int]:
         wanted = tuple(types)
-        if plan.empty or not wanted:
+        if not plan.intervals or not wanted:
             return {}
-        per_day = await self._read(_count_by_day, plan, wanted, True)
-        totals: dict[str, int] = {}
-        for (_, event_type), n in per_day.items():
-            totals[event_type] = totals.get(event_type, 0) + n
-        return totals
+        return await self._read(_count, plan, wanted)
 
-    async def count_by_day(
-        self, plan: CountPlan, types: Iterable[str]
-    ) -> dict[tuple[str, str], int]:
-        wanted = tuple(types)
-        if plan.empty or not wanted:
-            return {}
-        return await self._read(_count_by_day, plan, wanted, False)
-
-    async def recent_days_with_data(self, n: int, until: str | None = None) -> list[str]:
-        rows = await self._read(_fetch_all, RECENT_DAYS_SQL, (until or HIGHEST, n))
-        return [day for (day,) in rows]
+    async def newest_bucket(self) -> int | None:
+        (newest,) = (await self._read(_fetch_all, NEWEST_BUCKET_SQL, ()))[0]
+        return newest
 
     async def ping(self) -> bool:
         return await self._read(_fetch_all, "SELECT 1", ()) == [(1,)]
@@ -383,6 +408,7 @@ def _append(
             else:
                 conn.executemany(INSERT_EVENTS_SQL, rows)
             conn.execute(ADD_TO_DAILY_SQL, (last_seq,))
+            conn.execute(ADD_TO_QUARTERS_SQL, (last_seq,))
         new_keys = [group.key for group in groups if group.key]
         if new_keys:
             conn.executemany(INSERT_KEYS_SQL, new_keys)
@@ -394,28 +420,28 @@ def _prune_keys(conn: sqlite3.Connection, older_than: str) -> int:
         return conn.execute(PRUNE_KEYS_SQL, (older_than,)).rowcount
 
 
-def _count_by_day(
-    conn: sqlite3.Connection, plan: CountPlan, wanted: tuple[str, ...], whole_days_total: bool
-) -> dict[tuple[str, str], int]:
-    """``{(day, event_type): n}``; with ``whole_days_total`` the whole days are summed into
-    one pseudo-day ``""`` (cheaper: no row per day)."""
-    counts: dict[tuple[str, str], int] = {}
-    day_range = (plan.first_day or LOWEST, plan.end_day or HIGHEST)
-    if plan.first_day is None or plan.end_day is None or plan.first_day < plan.end_day:
-        if whole_days_total:
-            for event_type, n in conn.execute(SUM_ROLLUP_SQL, day_range):
-                if event_type in wanted and n:
-                    counts[("", event_type)] = n
-        else:
-            for day, event_type, n in conn.execute(ROLLUP_BY_DAY_SQL, day_range):
-                if event_type in wanted and n:
-                    counts[(day, event_type)] = n
-    sql = COUNT_LOG_SQL.format(marks=_marks(len(wanted)))
-    for part in plan.slices:
-        for event_type, n in conn.execute(sql, (*wanted, part.lo, part.hi or HIGHEST)):
-            if n:
-                key = (part.day, event_type)
+def _count(
+    conn: sqlite3.Connection, plan: CountPlan, wanted: tuple[str, ...]
+) -> dict[tuple[int, str], int]:
+    """Every part of the plan, one statement per source, in the caller's snapshot."""
+    counts: dict[tuple[int, str], int] = {}
+
+    def add(sql: str, parts: list[tuple[object, ...]]) -> None:
+        for part, event_type, n in conn.execute(sql, (orjson.dumps(parts),)):
+            if event_type in wanted and n:
+                key = (part, event_type)
                 counts[key] = counts.get(key, 0) + n
+
+    if plan.days:
+        add(SUM_DAYS_SQL, [(i, lo or LOWEST, hi or HIGHEST) for i, lo, hi in plan.days])
+    if plan.quarters:
+        add(SUM_QUARTERS_SQL, list(plan.quarters))
+    if plan.log:
+        sql = COUNT_LOG_SQL.format(marks=_marks(len(wanted)))
+        parts = [(i, lo, hi or HIGHEST) for i, lo, hi in plan.log]
+        for part, event_type, n in conn.execute(sql, (orjson.dumps(parts), *wanted)):
+            if n:
+                counts[(part, event_type)] = counts.get((part, event_type), 0) + n
     return counts
 
 
@@ -443,6 +469,10 @@ def _days_to_check(conn: sqlite3.Connection, start: date | None, end: date | Non
             if day == date.max:
                 break
             day += timedelta(days=1)
+    for (first_s,) in conn.execute(QUARTER_DAYS_SQL):
+        day = _EPOCH_DAY + timedelta(seconds=first_s)
+        if (start is None or day >= start) and (end is None or day <= end):
+            days.add(day.isoformat())
     for (key,) in conn.execute(ROLLUP_DAYS_SQL):
         parsed = parse_day(key)
         if parsed is None:
@@ -455,13 +485,13 @@ def _days_to_check(conn: sqlite3.Connection, start: date | None, end: date | Non
 
 def _recount_day(conn: sqlite3.Connection, day: str, repair: bool) -> DayRecount:
     """The first look is a read snapshot, without the write lock: commits change the log
-    and the rollup together, so a day that agrees in a snapshot stays right, and only a
+    and the rollups together, so a day that agrees in a snapshot stays right, and only a
     day that differs is recounted and repaired under the lock — with the cache already
     warm, so ingestion waits for a warm count, never a cold one."""
     parsed = parse_day(day)
-    counted, stored = _snapshot(_count_and_read)(conn, day, parsed)
-    if stored == counted or not repair:
-        return DayRecount(day, counted, stored)
+    look = _snapshot(_count_and_read)(conn, day, parsed)
+    if not look.differs or not repair:
+        return look.result(day)
 
     for attempt in range(1, BUSY_ATTEMPTS + 1):
         try:
@@ -473,35 +503,98 @@ def _recount_day(conn: sqlite3.Connection, day: str, repair: bool) -> DayRecount
             log.warning("rollup recount of %s: database busy, retrying", day)
     began = time.perf_counter()
     try:
-        counted, stored = _count_and_read(conn, day, parsed)  # exact: no commit can interleave
-        if stored != counted:
-            gone = [(day, t) for t in stored if t not in counted]
-            if gone:
-                conn.executemany(DELETE_ROLLUP_SQL, gone)
-            fixed = [(day, t, n) for t, n in counted.items() if stored.get(t) != n]
-            if fixed:
-                conn.executemany(SET_ROLLUP_SQL, fixed)
+        look = _count_and_read(conn, day, parsed)  # exact: no commit can interleave
+        look.repair(conn, day)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    held_ms = (time.perf_counter() - began) * 1000
-    return DayRecount(day, counted, stored, repaired=stored != counted, held_ms=held_ms)
+    return look.result(day, repaired=look.differs, held_ms=(time.perf_counter() - began) * 1000)
 
 
-def _count_and_read(
-    conn: sqlite3.Connection, day: str, parsed: date | None
-) -> tuple[dict[str, int], dict[str, int]]:
-    """``(log counts per type, rollup rows)`` of one day, in the caller's transaction."""
+@dataclass
+class _DayLook:
+    """One day's rollup rows and the log's count of the same keys."""
+
+    counted: dict[str, int]  # per type: the log
+    stored: dict[str, int]  # per type: the daily rollup
+    counted_quarters: dict[tuple[int, str], int]  # per (bucket, type): the log
+    stored_quarters: dict[tuple[int, str], int]  # per (bucket, type): the rollup
+
+    @property
+    def quarters_differing(self) -> int:
+        keys = self.counted_quarters.keys() | self.stored_quarters.keys()
+        return sum(self.counted_quarters.get(k) != self.stored_quarters.get(k) for k in keys)
+
+    @property
+    def differs(self) -> bool:
+        return self.counted != self.stored or self.counted_quarters != self.stored_quarters
+
+    def result(self, day: str, *, repaired: bool = False, held_ms: float = 0.0) -> DayRecount:
+        return DayRecount(
+            day,
+            self.counted,
+            self.stored,
+            quarters_differing=self.quarters_differing,
+            repaired=repaired,
+            held_ms=held_ms,
+        )
+
+    def repair(self, conn: sqlite3.Connection, day: str) -> None:
+        """Write the log's numbers over the day's rollup rows (in the caller's transaction)."""
+        _rewrite(conn, day, self.counted, self.stored, DELETE_DAILY_SQL, SET_DAILY_SQL)
+        _rewrite(
+            conn,
+            None,
+            self.counted_quarters,
+            self.stored_quarters,
+            DELETE_QUARTER_SQL,
+            SET_QUARTER_SQL,
+        )
+
+
+def _rewrite(
+    conn: sqlite3.Connection,
+    prefix: str | None,
+    counted: dict[Any, int],
+    stored: dict[Any, int],
+    delete_sql: str,
+    set_sql: str,
+) -> None:
+    """Delete the stored keys the log has no events for; set the ones that differ."""
+
+    def key(k: Any) -> tuple[Any, ...]:
+        return (prefix, k) if prefix is not None else tuple(k)
+
+    gone = [key(k) for k in stored if k not in counted]
+    if gone:
+        conn.executemany(delete_sql, gone)
+    fixed = [(*key(k), n) for k, n in counted.items() if stored.get(k) != n]
+    if fixed:
+        conn.executemany(set_sql, fixed)
+
+
+def _count_and_read(conn: sqlite3.Connection, day: str, parsed: date | None) -> _DayLook:
+    """The day's rollup rows and the log's counts, in the caller's transaction. A day key
+    that is not a real date has no events: its rows are all stray."""
+    stored = dict(conn.execute(DAILY_OF_DAY_SQL, (day,)).fetchall())
+    if parsed is None:
+        return _DayLook({}, stored, {}, {})
+    first_s = (parsed - _EPOCH_DAY).days * 86400
+    following = next_day(parsed)
+    hi = day_start(following) if following else HIGHEST
+    counted_quarters = {
+        (bucket, event_type): n
+        for bucket, event_type, n in conn.execute(
+            COUNT_DAY_BY_QUARTER_SQL, (*EVENT_TYPES, day_start(parsed), hi)
+        )
+    }
     counted: dict[str, int] = {}
-    if parsed is not None:
-        following = next_day(parsed)
-        hi = day_start(following) if following else HIGHEST
-        for event_type, n in conn.execute(
-            COUNT_ALL_TYPES_SQL, (*EVENT_TYPES, day_start(parsed), hi)
-        ):
-            if n:
-                counted[event_type] = n
-    stored = dict(conn.execute(ROLLUP_OF_DAY_SQL, (day,)).fetchall())
-    return counted, stored
+    for (_, event_type), n in counted_quarters.items():
+        counted[event_type] = counted.get(event_type, 0) + n
+    stored_quarters = {
+        (bucket, event_type): n
+        for bucket, event_type, n in conn.execute(QUARTERS_OF_DAY_SQL, (first_s, first_s + 86400))
+    }
+    return _DayLook(counted, stored, counted_quarters, stored_quarters)

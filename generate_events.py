@@ -39,6 +39,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TextIO
+from zoneinfo import ZoneInfo
 
 import orjson
 
@@ -184,10 +185,19 @@ class Page:
 class Users:
     ids: list[str]
     activity_cum: list[float]  # heavy-tailed: a few users make many sessions
-    offset_s: list[int]  # local time minus UTC, from the home longitude
+    zone: list[int]  # index into Users.zones: the home city's IANA time zone
     shares_location: list[bool]
     home: list[tuple[float, float]]  # a point in the user's neighbourhood
     accuracy_m: list[float]  # typical fix quality: GPS, Wi-Fi or cell/IP
+    zones: list[ZoneInfo] = field(default_factory=list)
+
+    def offsets_on(self, day: date) -> list[int]:
+        """Each zone's UTC offset (seconds) at local noon of ``day``: daylight saving
+        moves a user's activity in UTC, as it does for real visitors."""
+        return [
+            int(datetime(day.year, day.month, day.day, 12, tzinfo=z).utcoffset().total_seconds())  # type: ignore[union-attr]
+            for z in self.zones
+        ]
 
 
 def _slug(text: str) -> str:
@@ -400,10 +410,10 @@ def _validated(event_type: str, payload: dict[str, Any]) -> str:
     return orjson.dumps(payload).decode()
 
 
-def _market_cities() -> list[tuple[float, float]]:
-    from faker.providers.geo import Provider as Geo  # real places with coordinates
+def _market_cities() -> list[tuple[float, float, str]]:
+    from faker.providers.geo import Provider as Geo  # real places: coordinates, IANA zone
 
-    return [(float(c[0]), float(c[1])) for c in Geo.land_coords if c[3] in MARKETS]
+    return [(float(c[0]), float(c[1]), c[4]) for c in Geo.land_coords if c[3] in MARKETS]
 
 
 def build_users(n: int, rng: random.Random) -> Users:
@@ -412,13 +422,17 @@ def build_users(n: int, rng: random.Random) -> Users:
     # Zipf-like: the first cities are the shop's big markets.
     city_cum = list(itertools.accumulate(1 / (rank + 1) ** 0.8 for rank in range(len(cities))))
     users = Users([], [], [], [], [], [])
+    zone_index: dict[str, int] = {}
     activity = 0.0
     for _ in range(n):
-        lat, lon = cities[bisect.bisect(city_cum, rng.random() * city_cum[-1])]
+        lat, lon, zone = cities[bisect.bisect(city_cum, rng.random() * city_cum[-1])]
         users.ids.append(f"u-{rng.getrandbits(48):012x}")
         activity += rng.lognormvariate(0, 1.1)
         users.activity_cum.append(activity)
-        users.offset_s.append(round(lon / 15) * 3600)  # solar time zone: no tzdata needed
+        if zone not in zone_index:
+            zone_index[zone] = len(users.zones)
+            users.zones.append(ZoneInfo(zone))
+        users.zone.append(zone_index[zone])
         users.shares_location.append(rng.random() < SHARES_LOCATION)
         users.home.append((lat + rng.gauss(0, 0.03), lon + rng.gauss(0, 0.04)))
         users.accuracy_m.append(rng.choice((8.0, 12.0, 25.0, 65.0, 150.0, 1200.0)))
@@ -483,6 +497,7 @@ class Traffic:
         self.landing_cum = list(itertools.accumulate(popularity))
         self.users = build_users(options.user_count, self.rng)
         self.dwell_us = [_dwell_us(self.rng) for _ in range(DWELL_POOL)]
+        self.offsets: list[int] = []  # per zone, on the day being generated
         self.type_counts = [0, 0, 0]
         self.first_ts: str | None = None
         self.last_ts: str | None = None
@@ -499,6 +514,7 @@ class Traffic:
             daily_quotas(self.options.count, self.options.start, self.options.end)
         ):
             day_us = start_us + i * DAY_US
+            self.offsets = self.users.offsets_on(self.options.start + timedelta(days=i))
             today: list[Pending] = carry
             carry = []
             # Sessions that run past midnight continue on the next day; past the end they stop.
@@ -545,7 +561,7 @@ class Traffic:
         user = bisect.bisect(users.activity_cum, rand() * users.activity_cum[-1])
         hour = bisect.bisect(HOURLY_CUM, rand() * HOURLY_CUM[-1])
         local_s = hour * 3600 + rand() * 3600
-        t = day_us + int(((local_s - users.offset_s[user]) % 86_400) * US_PER_S)
+        t = day_us + int(((local_s - self.offsets[users.zone[user]]) % 86_400) * US_PER_S)
         page = bisect.bisect(self.landing_cum, rand() * self.landing_cum[-1])
         events: list[Pending] = [((t << 62) | bits(62), VIEW, user, pages[page].view_json)]
         shares = users.shares_location[user]

@@ -24,7 +24,21 @@ dir is deleted.
   durability tests are about. ``settings`` overrides any ``postgresql.conf`` parameter.
 - **authentication**: ``trust`` for TCP on 127.0.0.1 and the socket: no password.
 - **a fresh database per test**: migrate one database once, ``make_template`` it, then
-  ``clone`` it per test (``CREATE DATABASE … TEMPLATE …``) and ``drop_database`` after.
+  ``clone`` it per test (``CREATE DATABASE … TEMPLATE …``, PostgreSQL 15's WAL_LOG
+  strategy: ~50 ms over an open connection, ~150 ms through ``psql``). Dropping is the
+  expensive part (``DROP DATABASE`` forces a checkpoint: ~1 s with fsync on), so leave
+  the clones to the cluster's teardown::
+
+      @pytest.fixture(scope="session")
+      def pg_template(pg: PostgresCluster) -> str:
+          pg.create_database("template_migrated")
+          asyncio.run(migrate(pg.url_for("template_migrated")))  # the backend's migrations
+          pg.make_template("template_migrated")
+          return "template_migrated"
+
+      @pytest.fixture
+      def pg_url(pg: PostgresCluster, pg_template: str) -> str:
+          return pg.clone(pg_template, f"test_{next(_numbers)}")
 
 Client commands (``CREATE DATABASE`` and such) go through the cluster's own ``psql`` over
 the unix socket, so this module needs no database driver and stays synchronous (call it

@@ -3,7 +3,9 @@ append path as the API (so the API's counts equal the log), or posted to a runni
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import socket
 import sqlite3
 import subprocess
@@ -11,9 +13,10 @@ import sys
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
@@ -166,6 +169,49 @@ def test_traffic_follows_a_daily_and_weekly_rhythm(sample: list[Row]) -> None:
     weekend = [n for d, n in per_day.items() if date.fromisoformat(d).weekday() >= 5]
     weekday = [n for d, n in per_day.items() if date.fromisoformat(d).weekday() < 5]
     assert sum(weekend) / len(weekend) < 0.85 * sum(weekday) / len(weekday)
+
+
+def test_activity_follows_each_users_local_clock_through_daylight_saving() -> None:
+    """Users live in real IANA zones: their busy hours move by an hour in UTC when their
+    clocks change, as real visitors' do (the time-zone tests rely on data like this)."""
+    users = gen.build_users(400, random.Random(5))
+    names = [z.key for z in users.zones]
+    assert {"America/New_York", "Europe/Berlin"} & set(names)
+    winter, summer = users.offsets_on(date(2025, 1, 15)), users.offsets_on(date(2025, 7, 15))
+    for name, jan, jul in zip(names, winter, summer, strict=True):
+        if name in ("America/New_York", "Europe/Berlin", "Europe/London"):
+            assert jul - jan == 3600, name
+
+
+def _noon_offset(day: date, zone: ZoneInfo) -> timedelta | None:
+    return datetime(day.year, day.month, day.day, 12, tzinfo=zone).utcoffset()
+
+
+@pytest.mark.slow
+async def test_a_year_of_data_covers_every_dst_change_of_the_tested_zones(tmp_path: Path) -> None:
+    db = tmp_path / "year.db"
+    await generate(
+        "--db",
+        str(db),
+        "--count",
+        "60000",
+        "--seed",
+        "9",
+        "--start",
+        "2025-01-01",
+        "--end",
+        "2025-12-31",
+    )
+    days = {row[3][:10] for row in read_rows(db)}
+    zones = ("Europe/Berlin", "America/New_York", "America/St_Johns", "Australia/Lord_Howe")
+    for zone in map(ZoneInfo, (*zones, "Pacific/Chatham")):
+        year = [date(2025, 1, 1) + timedelta(days=n) for n in range(365)]
+        changes = [
+            d for d, e in itertools.pairwise(year) if _noon_offset(d, zone) != _noon_offset(e, zone)
+        ]
+        assert len(changes) == 2, zone
+        for day in changes:  # the UTC days around each change hold events
+            assert {day.isoformat(), (day + timedelta(days=1)).isoformat()} <= days, (zone, day)
 
 
 def test_users_have_sessions_of_several_events(sample: list[Row]) -> None:

@@ -13,12 +13,11 @@ import asyncio
 import logging
 import sys
 
-from aiohttp import web
-
 from app import config as settings
+from app import server
 from app.config import Config
 from app.factory import create_app
-from app.middlewares import AccessLogger, quiet_protocol_errors
+from app.middlewares import quiet_protocol_errors
 from rollup import cli as rollup_cli
 from schema.backends import UnknownBackendError, open_storage
 
@@ -42,16 +41,8 @@ def serve(config: Config) -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:  # uvloop is optional: plain asyncio works, a little slower
         pass
-    app = create_app(config)
-    web.run_app(
-        app,
-        host=config.host,
-        port=config.port,
-        access_log_class=AccessLogger,
-        access_log=logging.getLogger("analytics.access") if config.access_log else None,
-        print=None,
-        shutdown_timeout=30,
-    )
+    access_log = logging.getLogger("analytics.access") if config.access_log else None
+    asyncio.run(server.serve(create_app(config), config, access_log=access_log))
 
 
 async def _migrate(config: Config) -> int:

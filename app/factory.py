@@ -14,7 +14,8 @@ from aiohttp import web
 
 from app import docs
 from app.config import Config
-from app.keys import BODY_TIMEOUT, CONFIG, STORE, WRITER
+from app.inflight import InFlight
+from app.keys import BODY_TIMEOUT, CONFIG, INFLIGHT, STORE, WRITER
 from app.middlewares import cors_middleware, problem_middleware
 from ingest import handlers as ingest_handlers
 from ingest.writer import Writer
@@ -34,8 +35,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 only when the database answers and the writer runs."""
+    """200 only when the database answers, the writer runs and the service is not draining."""
     problems = []
+    if request.app[INFLIGHT].draining:
+        problems.append("the service is shutting down")
     try:
         if not await request.app[STORE].ping():
             problems.append("database did not answer")
@@ -51,11 +54,14 @@ async def readyz(request: web.Request) -> web.Response:
 
 def create_app(config: Config) -> web.Application:
     """The whole service for ``config``; resources open on startup and drain on cleanup."""
+    inflight = InFlight()
     app = web.Application(
-        middlewares=[cors_middleware(config.cors_origins), problem_middleware],
+        # InFlight outermost: it counts every request, whatever the others answer.
+        middlewares=[inflight.middleware, cors_middleware(config.cors_origins), problem_middleware],
         client_max_size=MAX_REQUEST_BYTES,
     )
     app[CONFIG] = config
+    app[INFLIGHT] = inflight
     app[BODY_TIMEOUT] = config.body_timeout_s
     app.cleanup_ctx.append(_storage)
     app.router.add_get("/healthz", healthz)

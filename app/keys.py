@@ -10,6 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from app.config import Config
+from app.inflight import InFlight
 from ingest.writer import Writer
 from rollup.service import RollupRunner
 from schema.storage import Storage
@@ -19,3 +20,4 @@ STORE = web.AppKey("store", Storage)
 WRITER = web.AppKey("writer", Writer)
 RUNNER = web.AppKey("rollup_runner", RollupRunner)
 BODY_TIMEOUT = web.AppKey("body_timeout", float)
+INFLIGHT = web.AppKey("inflight", InFlight)

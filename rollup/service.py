@@ -140,12 +140,17 @@ class RollupRunner:
         self._scheduler = scheduler
         log.info("rollup reconciliation every %g minutes", minutes)
 
-    async def close(self) -> None:
-        """Stop the scheduler, then let a running pass finish its current day."""
+    def stop(self) -> None:
+        """Start no new pass, scheduled or requested; a running pass ends after its current
+        day. Called when the service starts draining; ``close()`` waits for that day."""
         self._stop.set()
         if self._scheduler is not None and self._scheduler.running:
-            self._scheduler.shutdown(wait=False)
-            await asyncio.sleep(0)  # AsyncIOScheduler shuts down on the next loop turn
+            self._scheduler.shutdown(wait=False)  # takes effect on the next loop turn
+
+    async def close(self) -> None:
+        """Stop the scheduler, then let a running pass finish its current day."""
+        self.stop()
+        await asyncio.sleep(0)  # AsyncIOScheduler shuts down on the next loop turn
         self._scheduler = None
         current = self._current
         if current is not None and not current.done():

@@ -6,18 +6,15 @@ its commit.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
-import zlib
 from typing import Any
 
 import orjson
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestPayloadError
 
-from app.keys import BODY_TIMEOUT, STORE, WRITER
+from app.bodies import read_body
+from app.keys import STORE, WRITER
 from app.problems import Problem, bad_request
 from ingest.stamps import stamp_events
 from ingest.writer import (
@@ -158,16 +155,7 @@ async def _read_json(request: web.Request, limit: int) -> Any:
             [{"field": "Content-Type", "message": "must be application/json or text/plain"}],
         )
     # A declared charset is not trusted: JSON is UTF-8 (RFC 8259), and invalid UTF-8 is a 400.
-    if request.content_length is not None and request.content_length > limit:
-        raise _too_large(limit)
-    try:
-        raw = await _read_body(request, limit)
-    except (HttpProcessingError, RequestPayloadError, zlib.error):  # e.g. gzip that won't inflate
-        raise Problem(
-            400,
-            "the body could not be decoded as its Content-Encoding says",
-            [{"field": "Content-Encoding", "message": "does not match the body"}],
-        ) from None
+    raw = await read_body(request, limit)
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -176,41 +164,6 @@ async def _read_json(request: web.Request, limit: int) -> Any:
             f"the body is not valid JSON: {exc.msg}",
             [{"field": "body", "message": f"is not valid JSON: {exc.msg}"}],
         ) from None
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    if request.content.is_eof():
-        # The whole body already arrived (the usual case for a small event): take it from
-        # the buffer without a timer or a read loop. Same checks, same answers.
-        raw = request.content.read_nowait()
-        if len(raw) > limit:
-            raise _too_large(limit)
-    else:
-        try:
-            async with asyncio.timeout(request.app[BODY_TIMEOUT]):
-                raw = await _read_limited(request, limit)
-        except TimeoutError:
-            raise Problem(408, "the request body did not arrive in time") from None
-    return raw
-
-
-async def _read_limited(request: web.Request, limit: int) -> bytes:
-    chunks = []
-    size = 0
-    while chunk := await request.content.read(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _too_large(limit: int) -> Problem:
-    return Problem(
-        413,
-        f"the body must be at most {limit} bytes",
-        [{"field": "body", "message": f"must be at most {limit} bytes"}],
-    )
 
 
 def setup_routes(app: web.Application) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from app.bodies import read_body
 from app.config import Config
 from app.keys import RUNNER, STORE
 from app.problems import Problem, bad_request
@@ -63,13 +64,7 @@ async def _options(request: web.Request) -> tuple[date | None, date | None, bool
                 for name in request.query
             ]
         )
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise Problem(
-            413,
-            f"the body must be at most {MAX_BODY_BYTES} bytes",
-            [{"field": "body", "message": f"must be at most {MAX_BODY_BYTES} bytes"}],
-        )
+    raw = await read_body(request, MAX_BODY_BYTES)
     if not raw:  # no body: the defaults (whitespace alone is not JSON: a 400 below)
         return None, None, False
     if request.content_type != "application/json":

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+
 import pytest
 
 TOKEN = "s3cret-admin-token"
@@ -132,3 +136,46 @@ async def test_wrong_method_is_405(make_client):
     resp = await client.get("/admin/rollups/rebuild", headers=AUTH)
     await assert_problem(resp, 405)
     assert resp.headers["Allow"] == "POST"
+
+
+async def _send_in_two_parts(client, body: bytes, *, pause: float, send_rest: bool) -> bytes:
+    """POST /admin/rollups/rebuild with its body split in two TCP writes ``pause`` s apart
+    (or the second never sent); returns the raw response (head and body)."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    head = (
+        "POST /admin/rollups/rebuild HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    try:
+        writer.write(head + body[:5])
+        await writer.drain()
+        await asyncio.sleep(pause)
+        if send_rest:
+            writer.write(body[5:])
+            await writer.drain()
+        async with asyncio.timeout(10):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().partition(b"content-length:")[2].split(b"\r\n")[0])
+            return head + await reader.readexactly(length)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            await writer.wait_closed()
+
+
+async def test_an_options_body_sent_in_two_parts_is_read_to_its_end(make_client):
+    client = await make_client(admin_token=TOKEN)
+    body = json.dumps({"dry_run": True, "start_date": "2025-05-01"}).encode()
+    response = await _send_in_two_parts(client, body, pause=0.2, send_rest=True)
+    assert response.startswith(b"HTTP/1.1 200"), response[:300]
+    report = json.loads(response.partition(b"\r\n\r\n")[2])
+    assert report["dry_run"] is True and report["start_date"] == "2025-05-01"
+
+
+async def test_an_options_body_that_stops_arriving_is_408_after_the_body_timeout(make_client):
+    client = await make_client(admin_token=TOKEN, body_timeout_s=0.3)
+    body = json.dumps({"dry_run": True}).encode()
+    response = await _send_in_two_parts(client, body, pause=0, send_rest=False)
+    assert response.startswith(b"HTTP/1.1 408"), response[:300]
+    assert b"application/problem+json" in response

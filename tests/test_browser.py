@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import orjson
@@ -272,12 +274,41 @@ async def test_worker_retries_transient_failures_only(
 
 # --- the dashboard ---------------------------------------------------------------------------
 
+KATHMANDU = ZoneInfo("Asia/Kathmandu")  # UTC+05:45: local midnight is 18:15Z the day before
+_PAYLOADS = {
+    "view": orjson.dumps({"url": "https://example.com/"}).decode(),
+    "click": "{}",
+    "location": orjson.dumps({"latitude": 1.0, "longitude": 2.0}).decode(),
+}
+
+
+async def store_events(server: LiveServer, events: list[tuple[str, datetime]]) -> None:
+    """Append ``(event_type, instant)`` events to the log and its rollups in one commit."""
+    rng = random.Random(len(events))
+    rows = [
+        (
+            str(uuid_utils.uuid7()),
+            f"user-{rng.randrange(400)}",
+            event_type,
+            format_ts(moment),
+            _PAYLOADS[event_type],
+        )
+        for event_type, moment in events
+    ]
+    store = SQLiteStore(server.config.db)
+    await store.open()
+    try:
+        await store.append([WriteGroup(rows)])
+    finally:
+        await store.close()
+
 
 async def seed(server: LiveServer, days: int = 45) -> None:
     """Events spread over the last ``days`` days (today included), with gaps and a trend."""
     rng = random.Random(5)
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    rows = []
+    now = datetime.now(UTC)
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    events = []
     for back in range(days - 1, -1, -1):
         if back in {9, 23}:
             continue  # days without data are zero-filled by the API
@@ -291,40 +322,30 @@ async def seed(server: LiveServer, days: int = 45) -> None:
         ):
             for _ in range(n):
                 moment = day + timedelta(seconds=rng.randrange(86_400))
-                if moment > datetime.now(UTC):
-                    moment = datetime.now(UTC) - timedelta(seconds=1)
-                rows.append(
-                    (
-                        str(uuid_utils.uuid7()),
-                        f"user-{rng.randrange(400)}",
-                        event_type,
-                        format_ts(moment),
-                        orjson.dumps({"url": "https://example.com/"}).decode()
-                        if event_type == "view"
-                        else "{}"
-                        if event_type == "click"
-                        else orjson.dumps({"latitude": 1.0, "longitude": 2.0}).decode(),
-                    )
-                )
-    store = SQLiteStore(server.config.db)
-    await store.open()
-    try:
-        await store.append([WriteGroup(rows)])
-    finally:
-        await store.close()
+                if moment < now:  # today's events so far
+                    events.append((event_type, moment))
+    await store_events(server, events)
 
 
-async def dashboard_numbers(page: Page) -> dict[str, Any]:
+async def dashboard_state(page: Page) -> dict[str, Any]:
+    """What the dashboard shows: the numbers, the chart, the range line and the zone."""
     return await page.evaluate(
         """() => {
             const value = (id) => Number(document.getElementById(id).dataset.value);
-            const chart = Chart.getChart(document.getElementById('daily-chart'));
+            const chart = Chart.getChart(document.getElementById('events-chart'));
+            const label = document.getElementById('range-label');
             return {
                 all: value('total-all'), view: value('total-view'), click: value('total-click'),
                 location: value('total-location'), range: value('range-total'),
-                days: value('range-days'), labels: chart.data.labels,
+                units: value('range-units'), average: value('range-average'),
+                labels: chart.data.labels,
                 series: Object.fromEntries(chart.data.datasets.map(d => [d.eventType, d.data])),
                 refreshes: Number(document.body.dataset.refreshes || 0),
+                text: label.textContent, rule: label.dataset.rule, first: label.dataset.first,
+                last: label.dataset.last, tz: document.getElementById('time-zone').value,
+                shownTz: label.dataset.tz,
+                reset: document.getElementById('reset-range').textContent,
+                address: Object.fromEntries(new URLSearchParams(location.search)),
             };
         }"""
     )
@@ -336,48 +357,116 @@ async def wait_for_refresh(page: Page, after: int = 0) -> None:
     )
 
 
+async def wait_for_range(page: Page, **shown: str) -> dict[str, Any]:
+    """Wait until the range line shows these data attributes (view, tz, rule, first, last)."""
+    await page.wait_for_function(
+        """(want) => {
+            const label = document.getElementById('range-label');
+            return Object.entries(want).every(([k, v]) => label.dataset[k] === v);
+        }""",
+        arg=shown,
+    )
+    return await dashboard_state(page)
+
+
+async def choose_view(page: Page, view: str) -> None:
+    """Click a view button as a person would (the radio itself is drawn as its label)."""
+    await page.click(f"label:has(#view-{view}) span")
+
+
+def analytics_queries(urls: list[str], path: str = "/analytics/") -> list[dict[str, str]]:
+    """The query strings of the requests among ``urls`` whose path starts with ``path``."""
+    return [
+        dict(parse_qsl(urlsplit(url).query)) for url in urls if urlsplit(url).path.startswith(path)
+    ]
+
+
+def plain(text: str) -> str:
+    """Text with the thin and narrow spaces Intl puts around a range's dash made plain."""
+    return text.replace("\u2009", " ").replace("\u202f", " ")
+
+
+def per_day(days: list[dict[str, Any]]) -> dict[str, list[int]]:
+    return {t: [d[t] for d in days] for t in TYPES}
+
+
 @pytest.mark.browser
 async def test_dashboard_shows_what_the_api_answers(tmp_path: Path) -> None:
     async with live_server(tmp_path) as server, chromium() as browser:
         await seed(server)
-        context = await browser.new_context(viewport={"width": 1280, "height": 900})
+        context = await browser.new_context(
+            viewport={"width": 1280, "height": 900}, timezone_id="Europe/Berlin", locale="en-US"
+        )
         page, console = await open_page(context, server.url + "/dashboard?refresh=1")
-        await wait_for_refresh(page)
-        shown = await dashboard_numbers(page)
+        shown = await wait_for_range(page, view="day", tz="Europe/Berlin")
 
         by_type = await get_json(server, "/analytics/event-counts-by-type")
         assert shown["all"] == sum(by_type.values())
         assert {t: shown[t] for t in TYPES} == {t: by_type.get(t, 0) for t in TYPES}
-        days = (await get_json(server, "/analytics/event-counts-by-day"))["days"]
-        assert len(days) == 30 and shown["days"] == len(days)  # the default: 30 days
+        berlin = {"tz": "Europe/Berlin"}
+        days = (await get_json(server, "/analytics/event-counts-by-day", **berlin))["days"]
+        today = datetime.now(ZoneInfo("Europe/Berlin")).date().isoformat()
+        assert len(days) == 30 and days[-1]["date"] == today  # the default: up to today
         assert shown["labels"] == [d["date"] for d in days]
-        assert shown["series"] == {t: [d[t] for d in days] for t in TYPES}
+        assert shown["series"] == per_day(days)
         assert shown["range"] == sum(d[t] for d in days for t in TYPES)
         assert shown["range"] < shown["all"], "the default range is not all time"
+        assert shown["units"] == 30 and shown["average"] == pytest.approx(shown["range"] / 30)
+        assert (shown["rule"], shown["first"], shown["last"]) == ("recent", days[0]["date"], today)
+        assert shown["text"].startswith("Last 30 days (") and "Europe/Berlin" in shown["text"]
+        assert shown["reset"] == "Last 30 days"
+        assert shown["address"]["tz"] == "Europe/Berlin"
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
         # A chosen range and type, as a shared link would carry them.
         start, end = days[5]["date"], days[18]["date"]
-        await page.goto(f"{server.url}/dashboard?refresh=1&start={start}&end={end}&type=click")
-        await wait_for_refresh(page)
-        shown = await dashboard_numbers(page)
+        await page.goto(
+            f"{server.url}/dashboard?refresh=1&start={start}&end={end}&type=click&tz=Europe/Berlin"
+        )
+        shown = await wait_for_range(page, rule="chosen", first=start, last=end)
         total = await get_json(
-            server, "/analytics/event-counts", event_type="click", start_date=start, end_date=end
+            server,
+            "/analytics/event-counts",
+            event_type="click",
+            start_date=start,
+            end_date=end,
+            **berlin,
         )
         assert shown["range"] == total["total_events"]
-        assert shown["days"] == 14 and set(shown["series"]) == {"click"}
+        assert shown["units"] == 14 and set(shown["series"]) == {"click"}
         assert shown["series"]["click"] == [d["click"] for d in days[5:19]]
+        assert shown["text"].endswith("(Europe/Berlin) · clicks")
 
         # The type filter is a control, too; and the header stays all-time.
         await page.select_option("#event-type", "location")
         await page.wait_for_function(
-            "() => Chart.getChart(document.getElementById('daily-chart'))"
+            "() => Chart.getChart(document.getElementById('events-chart'))"
             ".data.datasets[0].eventType === 'location'"
         )
-        shown = await dashboard_numbers(page)
+        shown = await dashboard_state(page)
         assert shown["range"] == sum(d["location"] for d in days[5:19])
         assert shown["all"] == sum(by_type.values())
+
+        # Weeks and months of the same chosen dates: what the time series answers.
+        for view in ("week", "month"):
+            await choose_view(page, view)
+            shown = await wait_for_range(page, view=view, rule="chosen")
+            series = await get_json(
+                server,
+                "/analytics/timeseries",
+                interval=view,
+                event_type="location",
+                start_date=start,
+                end_date=end,
+                **berlin,
+            )
+            assert shown["labels"] == [b["start"] for b in series["buckets"]]
+            assert shown["series"] == {"location": [b["location"] for b in series["buckets"]]}
+            assert shown["units"] == 14, "the average is over the days shown"
+            assert shown["address"]["view"] == view
+        await choose_view(page, "day")
+        await wait_for_range(page, view="day")
 
         # It refreshes itself: a new event shows up without a reload.
         async with (
@@ -394,6 +483,257 @@ async def test_dashboard_shows_what_the_api_answers(tmp_path: Path) -> None:
             timeout=5_000,
         )
         assert await page.locator("#error").is_hidden()
+
+        # The hourly view of today, for the README's second picture.
+        await page.goto(f"{server.url}/dashboard?refresh=60&view=today&tz=Europe/Berlin")
+        await wait_for_range(page, view="today", rule="today")
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-today.png"), full_page=True)
+        assert console.errors == []
+        await context.close()
+
+
+def kathmandu_boundary(back: int = 3) -> tuple[date, list[tuple[str, datetime]]]:
+    """A UTC day ``back`` days ago and events on it that fall on two Kathmandu days:
+    18:14Z is 23:59 that day, 18:16Z is 00:01 the next; 06:00Z the next day is 11:45."""
+    day = datetime.now(UTC).date() - timedelta(days=back)
+    at = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return day, [
+        ("view", at + timedelta(hours=18, minutes=14)),
+        ("view", at + timedelta(hours=18, minutes=16)),
+        ("click", at + timedelta(days=1, hours=6)),
+    ]
+
+
+@pytest.mark.browser
+async def test_dashboard_runs_in_the_viewers_time_zone(tmp_path: Path) -> None:
+    async with live_server(tmp_path) as server, chromium() as browser:
+        day, events = kathmandu_boundary()
+        await store_events(server, events)
+        following = (day + timedelta(days=1)).isoformat()
+        # In UTC the two views share a day; in Kathmandu they do not.
+        utc_days = (await get_json(server, "/analytics/event-counts-by-day", tz="UTC"))["days"]
+        assert next(d for d in utc_days if d["date"] == day.isoformat())["view"] == 2
+
+        context = await browser.new_context(timezone_id="Asia/Kathmandu", locale="en-US")
+        urls: list[str] = []
+        context.on("request", lambda request: urls.append(request.url))
+        page, console = await open_page(context, server.url + "/dashboard?refresh=1")
+        shown = await wait_for_range(page, view="day", rule="recent")
+
+        # It picked the viewer's zone (by its current name) and sends it with every request.
+        assert shown["tz"] == shown["shownTz"] == "Asia/Kathmandu"
+        assert shown["address"]["tz"] == "Asia/Kathmandu"
+        queries = analytics_queries(urls)
+        assert queries and all(q.get("tz") == "Asia/Kathmandu" for q in queries), queries
+        today = datetime.now(KATHMANDU).date().isoformat()
+        assert shown["last"] == today
+
+        # It shows exactly what the API answers for that zone, which splits the two views.
+        days = (await get_json(server, "/analytics/event-counts-by-day", tz="Asia/Kathmandu"))[
+            "days"
+        ]
+        assert shown["labels"] == [d["date"] for d in days]
+        assert shown["series"] == per_day(days)
+        by_date = dict(zip(shown["labels"], shown["series"]["view"], strict=True))
+        assert (by_date[day.isoformat()], by_date[following]) == (1, 1)
+        assert "Asia/Kathmandu" in shown["text"]
+
+        # The date pickers mean local days of the zone: the next day holds the 00:01 view
+        # and the 11:45 click (in UTC it would hold only the click).
+        urls.clear()
+        await page.fill("#start-date", following)
+        await page.fill("#end-date", following)
+        shown = await wait_for_range(page, rule="chosen", first=following, last=following)
+        assert shown["range"] == 2 and shown["series"]["view"] == [1]
+        assert shown["series"]["click"] == [1]
+        sent = {"start_date": following, "end_date": following, "tz": "Asia/Kathmandu"}
+        assert sent in analytics_queries(urls, "/analytics/event-counts-by-day")
+        assert console.errors == []
+        await context.close()
+
+
+@pytest.mark.browser
+async def test_dashboard_today_and_last_24_hours_by_hour(tmp_path: Path) -> None:
+    async with live_server(tmp_path) as server, chromium() as browser:
+        now = datetime.now(UTC)
+        today = now.astimezone(KATHMANDU).date()
+        midnight = datetime.combine(today, time(), KATHMANDU).astimezone(UTC)
+        moments = [
+            midnight - timedelta(minutes=1),  # 23:59 yesterday: not today
+            midnight + timedelta(minutes=1),
+            now - timedelta(hours=5),
+            now - timedelta(minutes=90),
+            now - timedelta(minutes=1),
+            now - timedelta(hours=30),  # before the last 24 hours
+        ]
+        events = [(TYPES[i % 3], m) for i, m in enumerate(moments) if m < now]
+        await store_events(server, events)
+
+        context = await browser.new_context(timezone_id="Asia/Kathmandu", locale="en-US")
+        page, console = await open_page(context, server.url + "/dashboard?refresh=1")
+        await wait_for_range(page, view="day")
+
+        def hours_begun(buckets: list[dict[str, Any]], moment: datetime) -> int:
+            return sum(1 for b in buckets if datetime.fromisoformat(b["start"]) <= moment)
+
+        before = datetime.now(UTC)
+        await choose_view(page, "today")
+        shown = await wait_for_range(page, view="today", rule="today")
+        assert shown["address"]["view"] == "today"
+        assert shown["first"] == shown["last"] == today.isoformat()
+
+        # Exactly what the API answers for today's local hours ...
+        answer = await get_json(
+            server,
+            "/analytics/timeseries",
+            interval="hour",
+            start_date=today.isoformat(),
+            end_date=today.isoformat(),
+            tz="Asia/Kathmandu",
+        )
+        buckets = answer["buckets"]
+        assert shown["labels"] == [b["start"] for b in buckets]
+        assert shown["series"] == {t: [b[t] for b in buckets] for t in TYPES}
+        assert shown["labels"][0] == f"{today.isoformat()}T00:00:00+05:45" and len(buckets) == 24
+        # ... which is the log counted by local hour, independently.
+        expected: dict[str, int] = {}
+        for _, moment in events:
+            local = moment.astimezone(KATHMANDU)
+            if local.date() == today:
+                key = local.replace(minute=0, second=0, microsecond=0).isoformat()
+                expected[key] = expected.get(key, 0) + 1
+        totals = [sum(shown["series"][t][i] for t in TYPES) for i in range(len(buckets))]
+        assert {k: n for k, n in zip(shown["labels"], totals, strict=True) if n} == expected
+        # The average is over today's hours so far (counted when it was drawn).
+        after = datetime.now(UTC)
+        assert hours_begun(buckets, before) <= shown["units"] <= hours_begun(buckets, after)
+        assert shown["average"] == pytest.approx(sum(expected.values()) / shown["units"])
+        assert shown["text"].startswith("Today (") and "Asia/Kathmandu" in shown["text"]
+        assert await page.locator("#start-date").is_disabled()  # dates are for longer views
+
+        # The last 24 hours: the API's default for hours, up to now.
+        await choose_view(page, "24h")
+        await wait_for_range(page, view="24h", rule="last-24-hours")
+
+        async def same_as_api() -> dict[str, Any] | None:
+            state = await dashboard_state(page)
+            answer = await get_json(
+                server, "/analytics/timeseries", interval="hour", tz="Asia/Kathmandu"
+            )
+            starts = [b["start"] for b in answer["buckets"]]
+            return state if state["labels"] == starts else None  # (an hour may just have turned)
+
+        shown = await eventually(same_as_api, what="the last 24 hours as the API answers them")
+        assert len(shown["labels"]) == 24 and shown["units"] == 24
+        window_start = datetime.fromisoformat(shown["labels"][0])
+        assert shown["range"] == sum(1 for _, m in events if m >= window_start)
+        assert shown["text"].startswith("Last 24 hours (since ")
+        assert console.errors == []
+        await context.close()
+
+
+@pytest.mark.browser
+async def test_dashboard_zone_picker_changes_the_answers(tmp_path: Path) -> None:
+    async with live_server(tmp_path) as server, chromium() as browser:
+        day, events = kathmandu_boundary()
+        await store_events(server, events)
+        following = (day + timedelta(days=1)).isoformat()
+        context = await browser.new_context(timezone_id="UTC", locale="en-US")
+        urls: list[str] = []
+        context.on("request", lambda request: urls.append(request.url))
+        page, console = await open_page(context, server.url + "/dashboard?refresh=1")
+        shown = await wait_for_range(page, view="day", tz="UTC")
+        by_date = dict(zip(shown["labels"], shown["series"]["view"], strict=True))
+        assert (by_date[day.isoformat()], by_date[following]) == (2, 0)
+
+        await page.select_option("#time-zone", "Asia/Kathmandu")
+        shown = await wait_for_range(page, view="day", tz="Asia/Kathmandu")
+        days = (await get_json(server, "/analytics/event-counts-by-day", tz="Asia/Kathmandu"))[
+            "days"
+        ]
+        assert shown["labels"] == [d["date"] for d in days]
+        assert shown["series"] == per_day(days)
+        by_date = dict(zip(shown["labels"], shown["series"]["view"], strict=True))
+        assert (by_date[day.isoformat()], by_date[following]) == (1, 1)
+        assert shown["address"]["tz"] == "Asia/Kathmandu"
+        assert analytics_queries(urls, "/analytics/event-counts-by-day")[-1] == {
+            "tz": "Asia/Kathmandu"
+        }
+
+        # The zone is part of the address: a reload (or a shared link) keeps it.
+        await page.reload()
+        shown = await wait_for_range(page, view="day", tz="Asia/Kathmandu")
+        assert shown["tz"] == "Asia/Kathmandu"
+        # An old spelling is read as the current name; an unknown one as the viewer's zone.
+        await page.goto(server.url + "/dashboard?tz=Asia/Katmandu")
+        shown = await wait_for_range(page, tz="Asia/Kathmandu")
+        await page.goto(server.url + "/dashboard?tz=Mars/Olympus_Mons")
+        shown = await wait_for_range(page, tz="UTC")
+        assert shown["address"]["tz"] == "UTC"
+        assert console.errors == []
+        await context.close()
+
+
+@pytest.mark.browser
+async def test_dashboard_says_which_default_range_it_shows(tmp_path: Path) -> None:
+    """Issue 10, fault 7: the May 2025 sample, then a few events today."""
+    async with live_server(tmp_path) as server, chromium() as browser:
+        sample = [
+            (TYPES[n % 3], datetime(2025, 5, 1 + n % 29, 8 + n % 12, tzinfo=UTC))
+            for n in range(200)
+        ]
+        await store_events(server, sample)
+        context = await browser.new_context(timezone_id="UTC", locale="en-US")
+        page, console = await open_page(context, server.url + "/dashboard?refresh=1")
+
+        # Only old events: the 30 days up to the newest day with events, and it says so.
+        shown = await wait_for_range(page, view="day", rule="newest")
+        assert (shown["first"], shown["last"]) == ("2025-04-30", "2025-05-29")
+        assert plain(shown["text"]) == (
+            "No events in the last 30 days — showing the 30 days up to the newest day with "
+            "events (Apr 30 – May 29, 2025, UTC) · all types"
+        )
+        assert shown["range"] == 200 and shown["units"] == 30
+        assert shown["average"] == pytest.approx(200 / 30), "the average is over the days shown"
+        days = (await get_json(server, "/analytics/event-counts-by-day"))["days"]
+        assert shown["labels"] == [d["date"] for d in days]
+
+        # Weeks and months follow the same rule.
+        for view, first in (("week", "2025-03-10"), ("month", "2024-06-01")):
+            await choose_view(page, view)
+            shown = await wait_for_range(page, view=view, rule="newest")
+            assert (shown["first"], shown["last"]) == (first, "2025-05-29")
+            assert shown["text"].startswith(f"No events in the last 12 {view}s — showing the 12 ")
+            assert shown["reset"] == f"Last 12 {view}s"
+            answer = await get_json(
+                server,
+                "/analytics/timeseries",
+                interval=view,
+                start_date=first,
+                end_date="2025-05-29",
+            )
+            assert shown["labels"] == [b["start"] for b in answer["buckets"]]
+            assert shown["range"] == 200
+        await choose_view(page, "day")
+        await wait_for_range(page, view="day", rule="newest")
+
+        # A few events today: the last 30 days up to today (not the 578 days since May 2025).
+        async with aiohttp.ClientSession() as session:
+            for event_type in ("view", "view", "click"):
+                body = {"user_id": "u1", "event_type": event_type, "payload": {}}
+                if event_type == "view":
+                    body["payload"] = {"url": "https://x/"}
+                async with session.post(server.url + "/events", json=body) as response:
+                    assert response.status == 202
+        today = datetime.now(UTC).date()
+        shown = await wait_for_range(page, view="day", rule="recent", last=today.isoformat())
+        assert shown["first"] == (today - timedelta(days=29)).isoformat()
+        assert shown["text"].startswith("Last 30 days (") and shown["text"].endswith(
+            "UTC) · all types"
+        )
+        assert shown["range"] == 3 and shown["units"] == 30
+        assert shown["average"] == pytest.approx(3 / 30)
+        assert shown["all"] == 203
         assert console.errors == []
         await context.close()
 
@@ -417,7 +757,7 @@ async def test_page_and_dashboard_work_cross_origin(tmp_path: Path) -> None:
 
         await page.goto(f"{origin}/dashboard?api={server.url}")
         await wait_for_refresh(page)
-        shown = await dashboard_numbers(page)
+        shown = await dashboard_state(page)
         assert (shown["all"], shown["view"], shown["click"]) == (2, 1, 1)
         assert console.errors == []
         await context.close()

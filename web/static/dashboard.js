@@ -185,6 +185,14 @@
     return dayText(row.day, long);
   }
 
+  /** A row's name in the "busiest" box: short, one line. */
+  function peakText(row, view) {
+    const unit = VIEWS[view].unit;
+    if (unit === 'hour') return view === '24h' ? `${dayText(row.day)}, ${timeText(row)}` : timeText(row);
+    if (unit === 'week') return `Week of ${dayText(row.day)}`;
+    return unit === 'month' ? monthText(row.day) : dayText(row.day);
+  }
+
   function setNumber(el, value) {
     el.dataset.value = String(value);
     el.textContent = number.format(value);
@@ -336,7 +344,7 @@
     $('#range-peak-label').textContent = `Busiest ${unit}`;
     if (total > 0) {
       const peak = perRow.indexOf(Math.max(...perRow));
-      $('#range-peak').textContent = `${rowText(range.rows[peak], f.view, unit === 'week')} · ${number.format(perRow[peak])}`;
+      $('#range-peak').textContent = `${peakText(range.rows[peak], f.view)} · ${number.format(perRow[peak])}`;
     } else {
       $('#range-peak').textContent = '–';
     }

@@ -327,3 +327,44 @@ async def test_repeated_parameter_is_400(client: TestClient, path: str) -> None:
 async def test_thousands_of_parameters_are_400(client: TestClient) -> None:
     query = "&".join(["x=1"] * 2000)
     await assert_problem(await client.get("/analytics/event-counts?" + query), 400, "x")
+
+
+ANALYTICS = [
+    "/analytics/event-counts",
+    "/analytics/event-counts-by-type",
+    "/analytics/event-counts-by-day",
+]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("2024-03-10%0A", id="date-newline"),
+        pytest.param("2024-03-10%0D%0A", id="date-crlf"),
+        pytest.param("2024-03-10%20", id="date-trailing-space"),
+        pytest.param("%202024-03-10", id="date-leading-space"),
+        pytest.param("+2024-03-10", id="date-leading-plus-as-space"),
+        pytest.param("2024-03-10%09", id="date-tab"),
+        pytest.param("2024-03-10T06:00:00Z%0A", id="datetime-newline"),
+        pytest.param("2024-03-10T06:00:00%2B02:00%0A", id="datetime-offset-newline"),
+        pytest.param("2024-03-10T06:00:00Z%20", id="datetime-trailing-space"),
+    ],
+)
+@pytest.mark.parametrize("name", ["start_date", "end_date"])
+@pytest.mark.parametrize("path", ANALYTICS)
+async def test_a_date_is_taken_exactly_as_sent(
+    client: TestClient, path: str, name: str, value: str
+) -> None:
+    """Surrounding whitespace or a trailing newline makes a value malformed (a regular
+    expression's ``$`` also matches before a final newline)."""
+    response = await client.get(f"{path}?{name}={value}")
+    body = await assert_problem(response, 400, name)
+    assert "\n" not in body["detail"].replace("\\n", "")
+
+
+@pytest.mark.parametrize("value", ["view%0A", "%20view", "view%20", "view%00"])
+@pytest.mark.parametrize("path", ["/analytics/event-counts", "/analytics/event-counts-by-day"])
+async def test_an_event_type_is_taken_exactly_as_sent(
+    client: TestClient, path: str, value: str
+) -> None:
+    await assert_problem(await client.get(f"{path}?event_type={value}"), 400, "event_type")

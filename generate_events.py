@@ -47,6 +47,7 @@ from app import config as settings
 from schema.backends import open_storage
 from schema.events import EVENT_TYPES, MAX_BATCH_EVENTS, check_event
 from schema.storage import EventRow, Storage, StorageIntegrityError, WriteGroup
+from schema.timestamps import parse_day
 
 DEFAULT_COUNT = 5_000
 DEFAULT_START = date(2025, 5, 1)
@@ -114,18 +115,44 @@ class Options:
         return self.users if self.users is not None else max(10, min(self.count // 25, 200_000))
 
 
+# Values are taken exactly as written (the service's rule for every value it reads):
+# int() would also take " 5\n" or "1_000", float() "nan", date.fromisoformat() "20250501".
+def _whole(text: str) -> int:
+    try:
+        return settings.parse_int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _positive(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
 
 
 def _non_negative(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 0:
         raise argparse.ArgumentTypeError("must be 0 or more")
     return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = settings.parse_decimal(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def _day(text: str) -> date:
+    day = parse_day(text)
+    if day is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date YYYY-MM-DD")
+    return day
 
 
 def parse_args(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> Options:
@@ -135,17 +162,17 @@ def parse_args(argv: Sequence[str] | None = None, environ: dict[str, str] | None
         description="Generate realistic sample events into the database (or a running service).",
     )
     parser.add_argument("--count", type=_non_negative, default=DEFAULT_COUNT, help="events")
-    parser.add_argument("--start", type=date.fromisoformat, default=DEFAULT_START, help="first day")
-    parser.add_argument("--end", type=date.fromisoformat, default=DEFAULT_END, help="last day")
+    parser.add_argument("--start", type=_day, default=DEFAULT_START, help="first day")
+    parser.add_argument("--end", type=_day, default=DEFAULT_END, help="last day")
     parser.add_argument("--users", type=_positive, help="distinct users (default: count / 25)")
-    parser.add_argument("--seed", type=int, help="random seed: same seed, same events")
+    parser.add_argument("--seed", type=_whole, help="random seed: same seed, same events")
     settings.add_arguments(parser, ("db",))
     parser.add_argument("--if-empty", action="store_true", help="do nothing if events exist")
     parser.add_argument(
         "--url", help="POST to a running service instead, e.g. http://127.0.0.1:5000"
     )
     parser.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH, help="rows per call")
-    parser.add_argument("--timeout", type=float, default=300.0, help="--url mode time limit (s)")
+    parser.add_argument("--timeout", type=_seconds, default=300.0, help="--url mode time limit (s)")
     progress = parser.add_mutually_exclusive_group()
     progress.add_argument("--progress", action="store_true", default=None, help="always show")
     progress.add_argument("--no-progress", dest="progress", action="store_false")

@@ -3,25 +3,59 @@
 Every setting can come from the environment (``ANALYTICS_*``) and from a command-line
 flag; flags win. ``create_app`` never reads the environment itself, so tests pass a
 ``Config`` directly.
+
+A value is taken exactly as written, like every value the service reads: surrounding
+whitespace, a trailing newline (a secret read from a file), ``1_000``, non-ASCII digits,
+``1e3``, ``nan`` or ``inf`` are refused with a message, never silently read as something.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+_INTEGER = re.compile(r"-?[0-9]+")
+_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+_TEXT = re.compile(r"[^\x00-\x20\x7f](?:[^\x00-\x1f\x7f]*[^\x00-\x20\x7f])?")
+
+
+def parse_int(value: str) -> int:
+    """``-?[0-9]+`` exactly; ValueError otherwise (``int()`` also takes " 5\\n", "5_000")."""
+    if not _INTEGER.fullmatch(value):
+        raise ValueError(f"not a whole number: {value!r}")
+    return int(value)
+
+
+def parse_decimal(value: str) -> float:
+    """``-?[0-9]+(.[0-9]+)?`` exactly; ValueError otherwise (``float()`` also takes "nan")."""
+    if not _DECIMAL.fullmatch(value):
+        raise ValueError(f"not a decimal number: {value!r}")
+    return float(value)
+
+
+def parse_text(value: str) -> str:
+    """Any text without control characters or surrounding whitespace; may be empty.
+    The message never quotes the value: it may be the admin token."""
+    if value and not _TEXT.fullmatch(value):
+        raise ValueError("has surrounding whitespace or a control character")
+    return value
+
 
 def _origins(value: str) -> tuple[str, ...]:
-    return tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
+    """Comma-separated, spaces around the commas allowed: ``https://a.example, *``."""
+    origins = tuple(parse_text(o.strip(" ")).rstrip("/") for o in value.split(","))
+    return tuple(o for o in origins if o)
 
 
 def _bool(value: str) -> bool:
-    lowered = value.strip().lower()
+    lowered = value.lower()
     if lowered in {"1", "true", "yes", "on"}:
         return True
     if lowered in {"0", "false", "no", "off", ""}:
@@ -46,22 +80,45 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("db", "data/events.db", str, "SQLite database file, or a postgresql:// URL"),
-    Setting("host", "127.0.0.1", str, "address to listen on"),
-    Setting("port", 5000, int, "port to listen on"),
-    Setting("admin_token", "", str, "bearer token for /admin/*; empty disables the admin API"),
-    Setting("cors_origins", (), _origins, "comma-separated origins allowed cross-origin, or *"),
-    Setting("reconcile_minutes", 10.0, float, "minutes between rollup reconciliations; 0 disables"),
-    Setting("queue_max_events", 20_000, int, "events that may wait for the writer before 503"),
-    Setting("commit_max_events", 5_000, int, "most events group-committed in one transaction"),
+    Setting("db", "data/events.db", parse_text, "SQLite database file, or a postgresql:// URL"),
+    Setting("host", "127.0.0.1", parse_text, "address to listen on"),
+    Setting("port", 5000, parse_int, "port to listen on"),
     Setting(
-        "busy_timeout_ms", 5_000, int, "how long a write waits for a locked database before 503"
+        "admin_token", "", parse_text, "bearer token for /admin/*; empty disables the admin API"
     ),
-    Setting("read_connections", 4, int, "database connections that serve reads concurrently"),
-    Setting("synchronous", "FULL", str, "SQLite synchronous mode: FULL (power-cut safe) or NORMAL"),
-    Setting("idempotency_hours", 24.0, float, "how long Idempotency-Key replays are remembered"),
-    Setting("body_timeout_s", 10.0, float, "seconds a client may take to send its body (408)"),
-    Setting("log_level", "INFO", str, "logging level"),
+    Setting("cors_origins", (), _origins, "comma-separated origins allowed cross-origin, or *"),
+    Setting(
+        "reconcile_minutes",
+        10.0,
+        parse_decimal,
+        "minutes between rollup reconciliations; 0 disables",
+    ),
+    Setting(
+        "queue_max_events", 20_000, parse_int, "events that may wait for the writer before 503"
+    ),
+    Setting(
+        "commit_max_events", 5_000, parse_int, "most events group-committed in one transaction"
+    ),
+    Setting(
+        "busy_timeout_ms",
+        5_000,
+        parse_int,
+        "how long a write waits for a locked database before 503",
+    ),
+    Setting("read_connections", 4, parse_int, "database connections that serve reads concurrently"),
+    Setting(
+        "synchronous",
+        "FULL",
+        parse_text,
+        "SQLite synchronous mode: FULL (power-cut safe) or NORMAL",
+    ),
+    Setting(
+        "idempotency_hours", 24.0, parse_decimal, "how long Idempotency-Key replays are remembered"
+    ),
+    Setting(
+        "body_timeout_s", 10.0, parse_decimal, "seconds a client may take to send its body (408)"
+    ),
+    Setting("log_level", "INFO", parse_text, "logging level: DEBUG, INFO, WARNING or ERROR"),
     Setting("access_log", True, _bool, "log one line per request"),
 )
 
@@ -87,6 +144,8 @@ class Config:
     def __post_init__(self) -> None:
         if self.synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
             raise ValueError("synchronous must be FULL, NORMAL or EXTRA")
+        if not isinstance(logging.getLevelName(self.log_level.upper()), int):
+            raise ValueError("log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if min(self.queue_max_events, self.commit_max_events, self.read_connections) < 1:
             raise ValueError(
                 "queue_max_events, commit_max_events and read_connections must be positive"

@@ -33,7 +33,7 @@ from schema.events import (
 from schema.storage import EventRow, StorageBusyError
 
 JSON_TYPES = {"application/json", "text/plain"}  # text/plain is what sendBeacon sends
-_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # fullmatch only: "$" matches before a final "\n"
 RETRY_AFTER = {"Retry-After": "1"}
 
 
@@ -140,7 +140,7 @@ def _idempotency_key(request: web.Request) -> tuple[str | None, list[dict[str, s
     if "Idempotency-Key" not in request.headers:  # the common case, without a list
         return None, []
     values = request.headers.getall("Idempotency-Key")
-    if len(values) > 1 or not _KEY.match(values[0]):
+    if len(values) > 1 or not _KEY.fullmatch(values[0]):
         message = "must be one header of 1 to 255 visible ASCII characters"
         return None, [{"field": "Idempotency-Key", "message": message}]
     return values[0], []

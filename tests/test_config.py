@@ -40,11 +40,51 @@ def test_environment_then_flags_win() -> None:
         {"ANALYTICS_RECONCILE_MINUTES": "-1"},
         {"ANALYTICS_RECONCILE_MINUTES": "nan"},
         {"ANALYTICS_ACCESS_LOG": "maybe"},
+        # A value is taken exactly as written: whitespace, a newline (a secret read from a
+        # file), digit separators and non-ASCII digits are mistakes, not numbers.
+        {"ANALYTICS_PORT": "5000\n"},
+        {"ANALYTICS_PORT": " 5000"},
+        {"ANALYTICS_PORT": "5_000"},
+        {"ANALYTICS_PORT": "٥٠٠٠"},
+        {"ANALYTICS_QUEUE_MAX_EVENTS": "+20"},
+        {"ANALYTICS_RECONCILE_MINUTES": "1_0"},
+        {"ANALYTICS_RECONCILE_MINUTES": " 10"},
+        {"ANALYTICS_RECONCILE_MINUTES": "1e1"},
+        {"ANALYTICS_RECONCILE_MINUTES": "inf"},
+        {"ANALYTICS_ACCESS_LOG": "true\n"},
+        {"ANALYTICS_ADMIN_TOKEN": "s3cret\n"},
+        {"ANALYTICS_ADMIN_TOKEN": " s3cret"},
+        {"ANALYTICS_DB": "data/events.db\n"},
+        {"ANALYTICS_HOST": "127.0.0.1 "},
+        {"ANALYTICS_SYNCHRONOUS": "FULL\n"},
+        {"ANALYTICS_LOG_LEVEL": "INFO\n"},
+        {"ANALYTICS_LOG_LEVEL": "LOUD"},
+        {"ANALYTICS_CORS_ORIGINS": "https://a.example\n"},
     ],
 )
 def test_bad_settings_exit_with_a_message(environ: dict[str, str]) -> None:
     with pytest.raises(SystemExit, match="invalid"):
         settings.load(parse(), environ=environ)
+
+
+def test_numbers_and_switches_in_their_plain_forms_are_read() -> None:
+    environ = {
+        "ANALYTICS_PORT": "8080",
+        "ANALYTICS_RECONCILE_MINUTES": "2.5",
+        "ANALYTICS_BODY_TIMEOUT_S": "0.25",
+        "ANALYTICS_IDEMPOTENCY_HOURS": "48",
+        "ANALYTICS_ACCESS_LOG": "off",
+        "ANALYTICS_LOG_LEVEL": "debug",
+    }
+    config = settings.load(parse(), environ=environ)
+    assert (config.port, config.reconcile_minutes, config.body_timeout_s) == (8080, 2.5, 0.25)
+    assert (config.idempotency_hours, config.access_log) == (48.0, False)
+
+
+def test_a_malformed_admin_token_is_not_quoted_in_the_error() -> None:
+    with pytest.raises(SystemExit) as exc:
+        settings.load(parse(), environ={"ANALYTICS_ADMIN_TOKEN": "s3cret-token\n"})
+    assert "ADMIN_TOKEN" in str(exc.value) and "s3cret" not in str(exc.value)
 
 
 def test_admin_token_is_not_in_repr() -> None:

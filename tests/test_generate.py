@@ -289,7 +289,25 @@ def test_db_comes_from_the_flag_then_analytics_db_then_the_default() -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [["--end", "2025-04-30"], ["--count", "-1"], ["--batch-size", "0"], ["--users", "0"]]
+    "args",
+    [
+        ["--end", "2025-04-30"],
+        ["--count", "-1"],
+        ["--batch-size", "0"],
+        ["--users", "0"],
+        # Taken exactly as written (issue 10): no week dates, basic dates, whitespace,
+        # digit separators or non-finite numbers.
+        ["--start", "20250501"],
+        ["--start", "2025-W18-4"],
+        ["--end", "2025-05-29\n"],
+        ["--count", " 10"],
+        ["--count", "1_000"],
+        ["--seed", "7\n"],
+        ["--seed", "٧"],
+        ["--timeout", "nan"],
+        ["--timeout", "inf"],
+        ["--timeout", "0"],
+    ],
 )
 def test_bad_options_are_refused(args: list[str]) -> None:
     with pytest.raises(SystemExit):

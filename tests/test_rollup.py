@@ -140,7 +140,17 @@ async def test_days_to_check_covers_log_span_and_rollup_days(admin_client, conn,
 
 def test_parse_day_is_strict():
     assert parse_day("2025-05-01") == date(2025, 5, 1)
-    for bad in ("2025-02-30", "20250501", "2025-5-1", "2025-05-01T00:00:00Z", " 2025-05-01", ""):
+    for bad in (
+        "2025-02-30",
+        "20250501",
+        "2025-5-1",
+        "2025-05-01T00:00:00Z",
+        " 2025-05-01",
+        "2025-05-01\n",
+        "2025-05-01 ",
+        "２０２５-05-01",
+        "",
+    ):
         assert parse_day(bad) is None
 
 

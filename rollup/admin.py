@@ -23,6 +23,7 @@ from app.config import Config
 from app.keys import RUNNER, STORE
 from app.problems import Problem, bad_request
 from rollup.service import RollupRunner, RunnerClosedError
+from schema import strict_json
 from schema.storage import StorageBusyError
 from schema.timestamps import parse_day
 
@@ -44,9 +45,10 @@ def _authorize(request: web.Request) -> RollupRunner:
         raise Problem(403, "the admin API is disabled: no admin token is configured")
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
+    given = given.lstrip(" ")  # RFC 6750: "Bearer" 1*SP token; the token is taken as sent
+    if scheme.lower() != "bearer" or not given:
         raise Problem(401, "an admin bearer token is required", headers=_CHALLENGE)
-    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+    if not hmac.compare_digest(given.encode(), expected.encode()):
         raise Problem(
             401,
             "the admin bearer token is not valid",
@@ -70,9 +72,11 @@ async def _options(request: web.Request) -> tuple[date | None, date | None, bool
     if request.content_type != "application/json":
         raise Problem(415, "the body must be application/json")
     try:
-        body: Any = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        body: Any = strict_json.loads(raw)
+    except strict_json.JSONDecodeError:
         raise bad_request([{"field": "body", "message": "is not valid JSON"}]) from None
+    except strict_json.RepeatedKeyError as exc:
+        raise bad_request(exc.errors) from None
     if not isinstance(body, dict):
         raise bad_request([{"field": "body", "message": "must be a JSON object"}])
 

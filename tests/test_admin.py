@@ -35,8 +35,28 @@ async def test_without_a_configured_token_the_admin_api_is_off(client, method, p
 @pytest.mark.parametrize(("method", "path"), ROUTES)
 @pytest.mark.parametrize(
     "authorization",
-    [None, "", "Bearer", "Bearer wrong", f"Basic {TOKEN}", f"Bearer {TOKEN}x", TOKEN],
-    ids=["missing", "empty", "no-token", "wrong", "basic", "longer", "no-scheme"],
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer wrong",
+        f"Basic {TOKEN}",
+        f"Bearer {TOKEN}x",
+        TOKEN,
+        f"Bearer \t{TOKEN}",
+        f"Bearer\t{TOKEN}",
+    ],
+    ids=[
+        "missing",
+        "empty",
+        "no-token",
+        "wrong",
+        "basic",
+        "longer",
+        "no-scheme",
+        "tab",
+        "tab-only",
+    ],
 )
 async def test_a_missing_or_wrong_token_is_401_with_a_challenge(
     make_client, method, path, authorization
@@ -84,6 +104,9 @@ async def test_the_token_is_never_logged(make_client, caplog):
         ),
         ([], ["body"]),
         ("2025-05-01", ["body"]),
+        ({"start_date": "2025-05-01\n"}, ["start_date"]),
+        ({"end_date": " 2025-05-01"}, ["end_date"]),
+        ({"start_date": "２０２５-05-01"}, ["start_date"]),
     ],
     ids=[
         "unknown-field",
@@ -96,6 +119,9 @@ async def test_the_token_is_never_logged(make_client, caplog):
         "every-error",
         "array",
         "string",
+        "date-newline",
+        "date-leading-space",
+        "date-fullwidth-digits",
     ],
 )
 async def test_bad_options_are_400_listing_every_problem(make_client, config, body, fields):
@@ -117,9 +143,31 @@ async def test_body_format_errors(make_client):
     await assert_problem(resp, 415)
     resp = await client.post(url, json={"dry_run": True, "pad": "x" * 5000}, headers=AUTH)
     await assert_problem(resp, 413)
+    resp = await client.post(url, data="\n", headers={**AUTH, "Content-Type": "application/json"})
+    await assert_problem(resp, 400)
     resp = await client.post(url + "?dry_run=true", headers=AUTH)
     problem = await assert_problem(resp, 400)
     assert problem["errors"][0]["field"] == "dry_run"
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (b'{"dry_run": false, "dry_run": true}', "dry_run"),
+        (
+            b'{"start_date": "2025-05-01", "end_date": null, "start_date": "2025-05-02"}',
+            "start_date",
+        ),
+    ],
+    ids=["dry_run", "start_date"],
+)
+async def test_a_repeated_key_is_400(make_client, raw, field):
+    """Parsers disagree on which of two equal keys wins (orjson keeps the last): refuse."""
+    client = await make_client(admin_token=TOKEN)
+    headers = {**AUTH, "Content-Type": "application/json"}
+    resp = await client.post("/admin/rollups/rebuild", data=raw, headers=headers)
+    problem = await assert_problem(resp, 400)
+    assert problem["errors"] == [{"field": field, "message": "is repeated"}]
 
 
 async def test_null_options_mean_the_defaults(make_client):

@@ -33,7 +33,7 @@ _STATIC_SUFFIXES = {".js", ".css", ".svg", ".png"}
 _VENDOR_SUFFIXES = {".js"}  # plus the license files, which are published too
 
 # An origin we are willing to write into the CSP: scheme, host name or IPv4, optional port.
-_SAFE_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(?::\d{1,5})?$")
+_SAFE_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(?::\d{1,5})?")  # fullmatch only
 
 _COMMON_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
 
@@ -65,7 +65,7 @@ def api_origin(raw: str | None) -> str | None:
         origin = str(url.origin())
     except ValueError:
         return None
-    return origin if _SAFE_ORIGIN.match(origin) else None
+    return origin if _SAFE_ORIGIN.fullmatch(origin) else None
 
 
 def content_security_policy(api: str | None, *, geolocation: bool) -> dict[str, str]:

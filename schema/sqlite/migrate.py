@@ -13,7 +13,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_NAME = re.compile(r"(\d{4})_[a-z0-9_]+\.sql", re.ASCII)  # fullmatch only
 
 
 class SchemaTooNewError(RuntimeError):
@@ -23,7 +23,7 @@ class SchemaTooNewError(RuntimeError):
 def migrations() -> list[tuple[int, Path]]:
     found = []
     for path in sorted(MIGRATIONS_DIR.iterdir()):
-        match = _NAME.match(path.name)
+        match = _NAME.fullmatch(path.name)
         if match:
             found.append((int(match.group(1)), path))
     numbers = [n for n, _ in found]

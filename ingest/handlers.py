@@ -23,6 +23,7 @@ from ingest.writer import (
     WriterClosedError,
     WriteRequest,
 )
+from schema import strict_json
 from schema.events import (
     MAX_BATCH_BODY_BYTES,
     MAX_EVENT_BODY_BYTES,
@@ -157,13 +158,15 @@ async def _read_json(request: web.Request, limit: int) -> Any:
     # A declared charset is not trusted: JSON is UTF-8 (RFC 8259), and invalid UTF-8 is a 400.
     raw = await read_body(request, limit)
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        return strict_json.loads(raw)
+    except strict_json.JSONDecodeError as exc:
         raise Problem(
             400,
             f"the body is not valid JSON: {exc.msg}",
             [{"field": "body", "message": f"is not valid JSON: {exc.msg}"}],
         ) from None
+    except strict_json.RepeatedKeyError as exc:  # ambiguous: parsers disagree on the winner
+        raise bad_request(exc.errors) from None
 
 
 def setup_routes(app: web.Application) -> None:

@@ -58,10 +58,16 @@ def _depth(value: Any) -> int:
     return 0
 
 
+# A required string: not empty and not only whitespace. The pattern only documents
+# "not only whitespace" (OpenAPI); _not_blank enforces it.
 UserId = Annotated[
     str,
-    # The pattern only documents "not only whitespace" (OpenAPI); _not_blank enforces it.
     Field(min_length=1, max_length=MAX_USER_ID_CHARS, json_schema_extra={"pattern": r"\S"}),
+    AfterValidator(_not_blank),
+]
+Url = Annotated[
+    str,
+    Field(min_length=1, max_length=2048, json_schema_extra={"pattern": r"\S"}),
     AfterValidator(_not_blank),
 ]
 # A JSON number: ints are accepted, bools, strings, NaN and infinities are not.
@@ -110,7 +116,7 @@ class _Payload(BaseModel):
 
 
 class ViewPayload(_Payload):
-    url: Annotated[str, Field(min_length=1, max_length=2048)]
+    url: Url
     title: Annotated[str, Field(max_length=1024)] | None = None
 
 

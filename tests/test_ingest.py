@@ -121,6 +121,10 @@ INVALID = [
         id="payload-too-deep",
     ),
     pytest.param(view(blob="x" * (16 * 1024)), ["payload"], id="payload-too-large"),
+    # a required string must hold more than whitespace (issue 10)
+    pytest.param(view(url="   "), ["payload.url"], id="url-only-spaces"),
+    pytest.param(view(url="\t\n"), ["payload.url"], id="url-only-tab-newline"),
+    pytest.param(view(user=" "), ["user_id"], id="user-only-space"),
     # server-owned and unknown fields
     pytest.param({**view(), "event_id": "x"}, ["event_id"], id="event-id-sent"),
     pytest.param(
@@ -137,6 +141,71 @@ async def test_invalid_event_is_400_naming_every_field(
     body = await assert_problem(await post(client, event), 400, *fields)
     assert body["title"] == "Bad Request"
     assert stored(db) == 0
+
+
+REPEATED = [
+    pytest.param(
+        b'{"user_id": "u", "event_type": "view", "event_type": "click", "payload": {"url": "x"}}',
+        ["event_type"],
+        id="event-type",
+    ),
+    pytest.param(
+        b'{"user_id": "u", "event_type": "view", "payload": {"url": "x", "url": "x"}}',
+        ["payload.url"],
+        id="same-value-twice",
+    ),
+    pytest.param(
+        b'{"user_id": "u", "event_type": "view", "payload": {"url": "x", "u\\u0072l": "y"}}',
+        ["payload.url"],
+        id="escaped-spelling",
+    ),
+    pytest.param(
+        b'{"user_id": "u", "event_type": "view", "payload": {"url": "x", "a": [{"k": 1, "k": 2}]}}',
+        ["payload.a[0].k"],
+        id="nested-in-payload",
+    ),
+    pytest.param(
+        b'{"user_id": "u", "user_id": "v", "event_type": "view", "payload": {"url": "x"},'
+        b' "payload": {"url": "y", "title": "a:b", "title": "c"}}',
+        ["user_id", "payload", "payload.title"],
+        id="several",
+    ),
+]
+
+
+@pytest.mark.parametrize(("raw", "fields"), REPEATED)
+async def test_a_repeated_key_anywhere_is_400(
+    client: TestClient, db: sqlite3.Connection, raw: bytes, fields: list[str]
+) -> None:
+    """Parsers disagree on which of two equal keys wins (orjson keeps the last)."""
+    body = await assert_problem(await post(client, raw), 400, *fields)
+    assert {e["message"] for e in body["errors"]} == {"is repeated"}
+    assert stored(db) == 0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(
+            b'{"user_id": "u", "event_type": "view", "payload": {"url": "x", "URL": "y"}}',
+            id="keys-differ-in-case",
+        ),
+        pytest.param(
+            b'{"user_id": "u", "event_type": "view", "payload": {"url": "x", "a": {"url": 1}}}',
+            id="same-key-in-another-object",
+        ),
+        pytest.param(
+            b'{"user_id": "u\\u003a", "event_type": "view", "payload": {"url": "a\\u003Ab"}}',
+            id="escaped-colons",
+        ),
+        pytest.param(
+            b'{"user_id": "u", "event_type": "view", "payload": {"url": "x", "k": ["a:", "b\\":"]}}',
+            id="colons-and-quotes-in-strings",
+        ),
+    ],
+)
+async def test_keys_that_only_look_repeated_are_accepted(client: TestClient, raw: bytes) -> None:
+    assert (await post(client, raw)).status == 202, raw
 
 
 async def test_payload_depth_limit_is_inclusive(client: TestClient) -> None:

@@ -57,6 +57,22 @@ async def test_batch_of_1000_is_accepted(client: TestClient, db: sqlite3.Connect
             id="names-each-bad-index",
         ),
         pytest.param({"events": [view(), 5]}, ["events[1]"], id="non-object-event"),
+        pytest.param(
+            {"events": [view(), view(url=" ")]}, ["events[1].payload.url"], id="blank-url"
+        ),
+        pytest.param(
+            b'{"events": [{"user_id": "u", "event_type": "view", "payload": {"url": "x"}}],'
+            b' "events": []}',
+            ["events"],
+            id="repeated-events",
+        ),
+        pytest.param(
+            b'{"events": [{"user_id": "u", "event_type": "view", "payload": {"url": "x"}},'
+            b' {"user_id": "u", "event_type": "view", "payload": {"url": "x", "url": "y"}},'
+            b' {"user_id": "u", "event_type": "click", "event_type": "view", "payload": {}}]}',
+            ["events[1].payload.url", "events[2].event_type"],
+            id="repeated-inside-events",
+        ),
     ],
 )
 async def test_invalid_batch_stores_nothing(

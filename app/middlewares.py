@@ -38,10 +38,10 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             log.warning(
                 "%s %s: %s", request.method, request.path, exc.detail, exc_info=exc.__cause__
             )
-        return problem_response(exc.status, exc.detail, exc.errors, exc.headers)
+        return problem_response(exc.status, exc.detail, exc.errors, exc.headers, exc.omitted)
     except ValidationError as exc:
         errors = validation_errors(exc)
-        return problem_response(400, summary(errors), errors)
+        return problem_response(400, summary(errors), errors, omitted=errors.omitted)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -16,6 +16,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
+from schema.errors import MAX_ERRORS
 from schema.events import (
     MAX_BATCH_BODY_BYTES,
     MAX_BATCH_EVENTS,
@@ -50,8 +51,22 @@ class Problem(BaseModel):
     type: str = Field(description="always `about:blank`")
     title: str = Field(description="the HTTP status phrase")
     status: int = Field(ge=400, le=599)
-    detail: str
-    errors: list[FieldError] = Field(description="every problem found, not only the first")
+    detail: str = Field(description="one line naming the first problems (at most 1024 characters)")
+    errors: list[FieldError] = Field(
+        description=(
+            f"every problem found, not only the first, up to {MAX_ERRORS}; each `field` and "
+            "`message` is shortened to 256 characters"
+        )
+    )
+    errors_omitted: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            f"present when more than {MAX_ERRORS} problems were found: how many are not listed. "
+            "A batch is checked only until more problems are found than can be listed, so "
+            "later events may hold more (the `detail` then says `at least`)."
+        ),
+    )
 
 
 class EventCounts(BaseModel):
@@ -208,7 +223,8 @@ _BOUND_HELP = (
     "`YYYY-MM-DD` (a whole local day of `tz`, inclusive; a day may last 23 or 25 hours) "
     "or an RFC 3339 date-time with an offset (`2025-05-28T09:30:00+02:00`, an exact "
     "instant, inclusive, whatever `tz` says). A date-time without an "
-    "offset, an impossible date (`2025-02-30`) or a repeated parameter is a 400."
+    "offset, an impossible date (`2025-02-30`) or a repeated parameter is a 400. A value "
+    "is taken exactly as sent: surrounding whitespace or a trailing newline makes it malformed."
 )
 
 
@@ -281,7 +297,7 @@ _RETRY_AFTER = {
     }
 }
 _PROBLEM_TEXT = {
-    400: "Invalid request: `errors` names every problem",
+    400: f"Invalid request: `errors` names every problem (up to {MAX_ERRORS}; `errors_omitted`)",
     401: "Missing or wrong admin bearer token",
     403: "The admin API is off: no admin token is configured",
     404: "Not found",
@@ -325,7 +341,9 @@ def _body(model: str, limit: int) -> dict[str, Any]:
         "description": (
             f"At most {limit} bytes. Payloads: at most {MAX_PAYLOAD_BYTES} bytes serialized, "
             f"nested at most {MAX_PAYLOAD_DEPTH} deep. `text/plain` (what `sendBeacon` sends) "
-            "is parsed as JSON too."
+            "is parsed as JSON too. A repeated key anywhere in the body is a 400 (parsers "
+            "disagree on which one wins); `user_id` and `url` must not be empty or only "
+            "whitespace."
         ),
         "content": {
             "application/json": {"schema": _ref(model)},
@@ -348,6 +366,7 @@ _INGEST_PROBLEMS = (400, 408, 413, 415, 422, 503)
 _ADMIN_PROBLEMS = (400, 401, 403, 413, 415, 503)
 _ADMIN_BODY = {
     "required": False,
+    "description": "Optional; a repeated key is a 400.",
     "content": {"application/json": {"schema": _ref("RollupOptions")}},
 }
 

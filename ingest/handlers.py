@@ -44,7 +44,8 @@ async def post_event(request: web.Request) -> web.Response:
     key, key_errors = _idempotency_key(request)
     event, errors = check_event(body)
     if errors or key_errors:  # every problem in one answer
-        raise bad_request(errors + key_errors)
+        errors.add_all(key_errors)
+        raise bad_request(errors)
     assert event is not None
     return await _ingest(request, key, body, [(event, body["payload"])], batch=False)
 
@@ -55,7 +56,8 @@ async def post_batch(request: web.Request) -> web.Response:
     key, key_errors = _idempotency_key(request)
     events, errors = check_batch(body)
     if errors or key_errors:
-        raise bad_request(errors + key_errors)
+        errors.add_all(key_errors)
+        raise bad_request(errors)
     pairs = [(event, raw["payload"]) for event, raw in zip(events, body["events"], strict=True)]
     return await _ingest(request, key, body, pairs, batch=True)
 

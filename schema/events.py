@@ -20,7 +20,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from schema.errors import validation_errors
+from schema.errors import Errors, validation_errors
 
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "location")
 
@@ -176,57 +176,66 @@ event_adapter: TypeAdapter[Event] = TypeAdapter(EventIn)
 _untyped_adapter: TypeAdapter[_UntypedEvent] = TypeAdapter(_UntypedEvent)
 
 
-def check_event(obj: Any, prefix: str = "") -> tuple[Event | None, list[dict[str, str]]]:
-    """Validate one decoded JSON event; return the model or every problem found.
+def check_event(obj: Any, prefix: str = "") -> tuple[Event | None, Errors]:
+    """Validate one decoded JSON event; return the model or the problems found (the first
+    ``MAX_ERRORS`` described, the rest counted in ``.omitted``).
 
     ``prefix`` is the event's place in a batch (``events[3]``) for the error paths.
     """
+    errors = Errors()
+    return _check_event(obj, prefix, errors), errors
+
+
+def _check_event(obj: Any, prefix: str, errors: Errors) -> Event | None:
+    """Validate one event, adding its problems to ``errors``; the model if it is valid."""
     try:
-        return event_adapter.validate_python(obj), []
+        return event_adapter.validate_python(obj)
     except ValidationError as exc:
-        errors = validation_errors(exc, prefix)
-    tag_errors = [
-        e for e in errors if e["field"] == (prefix or "body") and "one of" in e["message"]
-    ]
+        found = validation_errors(exc, prefix)
+    tag_errors = [e for e in found if e["field"] == (prefix or "body") and "one of" in e["message"]]
     if tag_errors and isinstance(obj, dict):
         # The discriminator failed, so pydantic checked nothing else: report the rest too.
         field = f"{prefix}.event_type" if prefix else "event_type"
-        errors = [{"field": field, "message": tag_errors[0]["message"]}]
+        found = Errors([{"field": field, "message": tag_errors[0]["message"]}])
         try:
             _untyped_adapter.validate_python(obj)
         except ValidationError as exc:
-            errors += validation_errors(exc, prefix)
-    return None, errors
+            found.add_validation_error(exc, prefix)
+    errors.add_all(found)
+    return None
 
 
-def check_batch(obj: Any) -> tuple[list[Event], list[dict[str, str]]]:
-    """Validate a batch body; all or nothing: any error means no events."""
+def check_batch(obj: Any) -> tuple[list[Event], Errors]:
+    """Validate a batch body; all or nothing: any error means no events.
+
+    Checking stops at the first event after which more problems were found than an answer
+    lists (``errors.stopped``): later events may hold more, so ``omitted`` is a lower bound.
+    """
+    errors = Errors()
     if not isinstance(obj, dict):
-        return [], [{"field": "body", "message": "must be a JSON object"}]
-    errors = [
-        {"field": key, "message": "is not an allowed field"} for key in obj if key != "events"
-    ]
+        errors.add("body", "must be a JSON object")
+        return [], errors
+    for key in obj:
+        if key != "events":
+            errors.add(key, "is not an allowed field")
     raw = obj.get("events")
     if raw is None:
-        errors.append({"field": "events", "message": "is required"})
+        errors.add("events", "is required")
     elif not isinstance(raw, list):
-        errors.append({"field": "events", "message": "must be an array"})
+        errors.add("events", "must be an array")
     elif not 1 <= len(raw) <= MAX_BATCH_EVENTS:
-        errors.append(
-            {
-                "field": "events",
-                "message": f"must hold 1 to {MAX_BATCH_EVENTS} events (has {len(raw)})",
-            }
-        )
+        errors.add("events", f"must hold 1 to {MAX_BATCH_EVENTS} events (has {len(raw)})")
     else:
         events = []
         for i, item in enumerate(raw):
-            event, problems = check_event(item, f"events[{i}]")
-            errors += problems
+            if errors.omitted:  # more found than an answer lists: enough
+                errors.stopped = True
+                break
+            event = _check_event(item, f"events[{i}]", errors)
             if event is not None:
                 events.append(event)
         if not errors:
-            return events, []
+            return events, errors
     return [], errors
 
 

@@ -69,6 +69,11 @@ async def assert_problem(response: Any, status: int, *fields: str) -> dict[str, 
     assert body.keys() >= PROBLEM_KEYS
     assert body["status"] == status
     assert isinstance(body["detail"], str) and body["detail"]
+    assert body.keys() <= PROBLEM_KEYS | {"errors_omitted"}
+    assert len(body["errors"]) <= 100  # the contract's cap; the rest are counted
+    if "errors_omitted" in body:
+        assert isinstance(body["errors_omitted"], int) and body["errors_omitted"] >= 1
+        assert len(body["errors"]) == 100
     for error in body["errors"]:
         assert set(error) == {"field", "message"}
     if fields:

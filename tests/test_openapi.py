@@ -173,3 +173,26 @@ def test_docs_page_renders_in_chromium_without_csp_violations(tmp_path) -> None:
         service.terminate()
     assert count >= len(OPERATIONS) - 2
     assert not problems, problems
+
+
+async def test_the_problem_schema_documents_the_cap_and_the_strict_rules(
+    client: TestClient,
+) -> None:
+    """Issue 10: `errors` is capped at 100 with `errors_omitted`; a repeated key is a 400; a
+    parameter is taken exactly as sent; `url` must hold more than whitespace."""
+    doc = await document(client)
+    problem = doc["components"]["schemas"]["Problem"]
+    assert "errors_omitted" in problem["properties"]
+    assert "errors_omitted" not in problem.get("required", [])
+    assert "100" in problem["properties"]["errors"]["description"]
+    events = doc["paths"]["/events"]["post"]
+    assert "repeated key" in events["requestBody"]["description"]
+    start = next(
+        p
+        for p in doc["paths"]["/analytics/event-counts"]["get"]["parameters"]
+        if p["name"] == "start_date"
+    )
+    assert "exactly as sent" in start["description"]
+    assert doc["components"]["schemas"]["ViewPayload"]["properties"]["url"]["pattern"] == r"\S"
+    admin = doc["paths"]["/admin/rollups/rebuild"]["post"]["requestBody"]
+    assert "repeated key" in admin["description"]

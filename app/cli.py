@@ -17,7 +17,6 @@ from app import config as settings
 from app import server
 from app.config import Config
 from app.factory import create_app
-from app.middlewares import quiet_protocol_errors
 from rollup import cli as rollup_cli
 from schema.backends import UnknownBackendError, open_storage
 
@@ -34,7 +33,6 @@ def _configure_logging(level: str) -> None:
 
 def serve(config: Config) -> None:
     _configure_logging(config.log_level)
-    quiet_protocol_errors()  # malformed HTTP: one WARNING line, not a traceback
     try:
         import uvloop
 

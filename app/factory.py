@@ -16,7 +16,7 @@ from app import docs
 from app.config import Config
 from app.inflight import InFlight
 from app.keys import BODY_TIMEOUT, CONFIG, INFLIGHT, STORE, WRITER
-from app.middlewares import cors_middleware, problem_middleware
+from app.middlewares import cors_middleware, problem_middleware, quiet_protocol_errors
 from ingest import handlers as ingest_handlers
 from ingest.writer import Writer
 from query import handlers as query_handlers
@@ -55,6 +55,7 @@ async def readyz(request: web.Request) -> web.Response:
 def create_app(config: Config) -> web.Application:
     """The whole service for ``config``; resources open on startup and drain on cleanup."""
     inflight = InFlight()
+    quiet_protocol_errors()  # a client's malformed request: one WARNING line, no traceback
     app = web.Application(
         # InFlight outermost: it counts every request, whatever the others answer.
         middlewares=[inflight.middleware, cors_middleware(config.cors_origins), problem_middleware],

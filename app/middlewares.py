@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import ValidationError
 
 from app.problems import Problem, problem_response
@@ -131,25 +132,48 @@ class AccessLogger(AbstractAccessLogger):
             )
 
 
+def _client_fault(exc: BaseException | None) -> BaseException | None:
+    """The client's mistake behind an exception aiohttp logs, if it is one: malformed HTTP
+    (``HttpProcessingError``) or a body that does not decode as its headers say
+    (``RequestPayloadError``, caused by a ``ContentEncodingError`` or a bad chunk)."""
+    if isinstance(exc, HttpProcessingError):
+        return exc
+    if isinstance(exc, RequestPayloadError):
+        return exc.__cause__ if isinstance(exc.__cause__, HttpProcessingError) else exc
+    return None
+
+
 class ProtocolErrorFilter(logging.Filter):
-    """aiohttp answers malformed HTTP (a request line or header over 8190 bytes, a bad
-    header) with a plain 400 before any handler runs, and logs it as an ERROR traceback
-    that quotes the client's bytes. It is the client's fault, already answered: keep one
-    WARNING line without those bytes, so a client cannot flood the log with tracebacks."""
+    """aiohttp logs some client mistakes as an ERROR traceback, after answering them:
+
+    - malformed HTTP (a request line or header over 8190 bytes, a bad header, a bad
+      Content-Length), answered with a plain 400 before any handler runs;
+    - a body that does not decode (``Content-Encoding: deflate`` on bytes that do not
+      inflate, a bad chunk size): the handler answers 400, then aiohttp's lingering read of
+      the unread rest of the body meets the same stored error and logs it as "Unhandled
+      exception" (aiohttp.web_protocol, ``start``), once per such request.
+
+    Both are the client's fault and already answered: keep one WARNING line without the
+    traceback or the client's bytes, so a client cannot flood the log with tracebacks."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError) and record.levelno >= logging.ERROR:
-            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        fault = _client_fault(record.exc_info[1] if record.exc_info else None)
+        if fault is not None and record.levelno >= logging.ERROR:
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.msg = "refused a malformed HTTP request from %s: %s (%s)"
-            record.args = (remote, type(exc).__name__, exc.code)
+            record.msg = "refused a malformed HTTP request%s: %s (%s)"
+            record.args = (
+                f" from {remote}" if remote else "",
+                type(fault).__name__,
+                getattr(fault, "code", 400),
+            )
             record.exc_info = record.exc_text = None
         return True
 
 
 def quiet_protocol_errors() -> None:
-    """Install ``ProtocolErrorFilter`` on aiohttp's server logger (idempotent)."""
+    """Install ``ProtocolErrorFilter`` on aiohttp's server logger (idempotent); every app
+    does it (``create_app``), whatever serves it."""
     logger = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, ProtocolErrorFilter) for f in logger.filters):
         logger.addFilter(ProtocolErrorFilter())

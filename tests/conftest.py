@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -13,6 +14,25 @@ from aiohttp.test_utils import TestClient
 
 from app.config import Config
 from app.factory import create_app
+
+
+@pytest.fixture(autouse=True)
+def no_error_logs(
+    request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> Iterator[None]:
+    """Every test fails if anything logged an ERROR or a traceback: a client's mistake
+    is a warning at most (the contract), so only tests that cause a server fault on
+    purpose may, and say so with ``@pytest.mark.server_fault``."""
+    yield
+    if request.node.get_closest_marker("server_fault"):
+        return
+    bad = [
+        f"{r.name} {r.levelname}: {r.getMessage()[:200]}"
+        for when in ("setup", "call")
+        for r in caplog.get_records(when)
+        if r.levelno >= logging.ERROR or r.exc_info
+    ]
+    assert not bad, bad
 
 
 @pytest.fixture

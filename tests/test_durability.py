@@ -34,6 +34,7 @@ async def test_hundreds_of_concurrent_posts_are_all_committed(
     assert writer.commits < 600  # group commit: many requests share a transaction
 
 
+@pytest.mark.server_fault
 async def test_injected_storage_failure_answers_500_and_leaves_log_and_rollup_consistent(
     client: TestClient, db: sqlite3.Connection
 ) -> None:
@@ -55,6 +56,7 @@ async def test_injected_storage_failure_answers_500_and_leaves_log_and_rollup_co
     assert db.execute("SELECT SUM(count) FROM daily_event_counts").fetchone() == (1,)
 
 
+@pytest.mark.server_fault
 async def test_locked_database_gives_503_with_retry_after_then_recovers(
     make_client, config, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -30,6 +30,7 @@ async def test_routing_errors_are_problems(
         assert allow in response.headers["Allow"]
 
 
+@pytest.mark.server_fault
 async def test_unexpected_error_is_a_generic_500(client: TestClient, monkeypatch) -> None:
     from app.keys import STORE
 

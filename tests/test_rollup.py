@@ -352,6 +352,7 @@ async def test_scheduler_is_off_when_interval_is_zero(admin_client):
     }
 
 
+@pytest.mark.server_fault
 async def test_a_failing_scheduled_pass_does_not_crash_the_app(admin_client, conn, seed_rows):
     runner = admin_client.server.app[RUNNER]
     await append(admin_client, seed_rows)

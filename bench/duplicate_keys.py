@@ -15,6 +15,9 @@ Bodies: one small ``view`` event, and a 1 MiB batch of 1000 events. Options:
   (strict UTF-8 decode, ``parse_constant`` refusing NaN/Infinity, and an ``orjson.dumps``
   round trip to refuse lone surrogates and integers beyond 64 bits).
 
+Then the bad bodies, which take ``strict_json``'s exact path (a second parse that names each
+repeated key): the batch with one repeated key, and 1 MiB of ``{"k": 1, "k": 2}`` objects.
+
 Each figure is the median of ``--repeats`` timeit runs (each run averaged over enough
 loops to take ~0.2 s); options alternate within each repeat so they share any drift.
 """
@@ -135,6 +138,28 @@ def main() -> None:
         for option, values in samples.items():
             median = statistics.median(values)
             print(f"  {option:<24} {median * 1e6:10.1f} µs  {median / base:5.2f}× orjson")
+    bad_bodies()
+
+
+def bad_bodies() -> None:
+    batch = list(bodies().values())[1]
+    one = batch.replace(b'"url":', b'"url":"a","url":', 1)
+    bomb = b'{"a":[' + b",".join(b'{"k":1,"k":2}' for _ in range(75_000)) + b"]}"
+
+    def refuse(raw: bytes) -> None:
+        try:
+            strict_json.loads(raw)
+        except strict_json.RepeatedKeyError:
+            return
+        raise AssertionError("accepted a repeated key")
+
+    print("\nrepeated keys (refused with the first 100 named):")
+    for name, raw in (("batch, one repeated key", one), (f"{len(bomb)} B of them", bomb)):
+        seconds = statistics.median(timeit.repeat(lambda raw=raw: refuse(raw), number=3, repeat=9))
+        base = statistics.median(
+            timeit.repeat(lambda raw=raw: orjson.loads(raw), number=3, repeat=9)
+        )
+        print(f"  {name:<24} {seconds / 3 * 1e3:8.1f} ms  ({seconds / base:4.1f}× orjson.loads)")
 
 
 if __name__ == "__main__":

@@ -125,3 +125,24 @@ async def test_every_endpoint_gets_the_cap(client: TestClient) -> None:
     long_path = "/" + "a" * 7000
     body = await assert_problem(await client.get(long_path), 404)
     assert len(body["detail"]) <= 1024
+
+
+async def test_a_body_full_of_repeated_keys_gets_a_small_answer(
+    client: TestClient, db: sqlite3.Connection
+) -> None:
+    """Repeated keys are found by a second parse; it too stops once more are found than
+    listed, and the answer is as small as any other."""
+    pairs = b",".join(b'{"k": 1, "k": 2}' for _ in range(50_000))
+    raw = (
+        b'{"events": [{"user_id": "u", "event_type": "view", "payload": {"url": "x", "a": ['
+        + pairs
+        + b"]}}]}"
+    )
+    response = await client.post("/events/batch", data=io.BytesIO(raw), headers=JSON)
+    text = await response.read()
+    body = await assert_problem(response, 400)
+    assert len(text) < SMALL
+    assert body["errors"][0] == {"field": "events[0].payload.a[0].k", "message": "is repeated"}
+    assert len(body["errors"]) == MAX_ERRORS and body["errors_omitted"] >= 1
+    assert "at least" in body["detail"]
+    assert stored(db) == 0

@@ -333,6 +333,7 @@ ANALYTICS = [
     "/analytics/event-counts",
     "/analytics/event-counts-by-type",
     "/analytics/event-counts-by-day",
+    "/analytics/timeseries?interval=day&",
 ]
 
 
@@ -357,14 +358,37 @@ async def test_a_date_is_taken_exactly_as_sent(
 ) -> None:
     """Surrounding whitespace or a trailing newline makes a value malformed (a regular
     expression's ``$`` also matches before a final newline)."""
-    response = await client.get(f"{path}?{name}={value}")
+    sep = "" if path.endswith("&") else "?"
+    response = await client.get(f"{path}{sep}{name}={value}")
     body = await assert_problem(response, 400, name)
     assert "\n" not in body["detail"].replace("\\n", "")
 
 
 @pytest.mark.parametrize("value", ["view%0A", "%20view", "view%20", "view%00"])
-@pytest.mark.parametrize("path", ["/analytics/event-counts", "/analytics/event-counts-by-day"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/analytics/event-counts?",
+        "/analytics/event-counts-by-day?",
+        "/analytics/timeseries?interval=day&",
+    ],
+)
 async def test_an_event_type_is_taken_exactly_as_sent(
     client: TestClient, path: str, value: str
 ) -> None:
-    await assert_problem(await client.get(f"{path}?event_type={value}"), 400, "event_type")
+    await assert_problem(await client.get(f"{path}event_type={value}"), 400, "event_type")
+
+
+@pytest.mark.parametrize("value", ["UTC%0A", "%20UTC", "Europe/Berlin%20", "Europe/Berlin%0D%0A"])
+@pytest.mark.parametrize("path", [*(p + "?" for p in ANALYTICS[:3]), ANALYTICS[3]])
+async def test_a_time_zone_is_taken_exactly_as_sent(
+    client: TestClient, path: str, value: str
+) -> None:
+    await assert_problem(await client.get(f"{path}tz={value}"), 400, "tz")
+
+
+@pytest.mark.parametrize("value", ["day%0A", "%20day", "hour%20", "HOUR"])
+async def test_an_interval_is_taken_exactly_as_sent(client: TestClient, value: str) -> None:
+    await assert_problem(
+        await client.get(f"/analytics/timeseries?interval={value}"), 400, "interval"
+    )

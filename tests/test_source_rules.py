@@ -12,7 +12,9 @@ SOURCES = [ROOT / "generate_events.py", *(p for f in FOLDERS for p in (ROOT / f)
 # re.compile("...$") or re.compile(r"^..."), and a module-level pattern used with
 # .match()/.search(): both accept more than the grammar ("$" matches before a final "\n").
 ANCHORED = re.compile(r"""re\.compile\(\s*r?b?["'](\^|[^"']*\$["'])""")
-PARTIAL = re.compile(r"\b_[A-Z][A-Z0-9_]*\.(match|search)\(")
+PARTIAL = re.compile(r"\b(_[A-Z][A-Z0-9_]*)\.(match|search)\(")
+# Patterns that look for a prefix on purpose (file, pattern name).
+PREFIXES = {("schema/backends.py", "_SCHEME")}  # "scheme://" starts a --db URL
 
 
 def test_patterns_that_parse_input_are_fullmatched() -> None:
@@ -23,5 +25,6 @@ def test_patterns_that_parse_input_are_fullmatched() -> None:
         for path in SOURCES
         for text in [path.read_text()]
         for m in [*ANCHORED.finditer(text), *PARTIAL.finditer(text)]
+        if (str(path.relative_to(ROOT)), m.group(1)) not in PREFIXES
     ]
     assert not offenders, offenders

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from schema.storage import EventRow, KeyRow, Storage, StoredKey, WriteGroup
+from schema.storage import EventRow, KeyRow, Storage, StorageBusyError, StoredKey, WriteGroup
 from schema.timestamps import format_ts, now
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,10 @@ class Writer:
             try:
                 await self._commit(batch)
             except Exception as exc:  # answer the waiters; the writer itself lives on
-                log.error("group commit of %d events failed: %r", size, exc, exc_info=exc)
+                if isinstance(exc, StorageBusyError):  # an overload, answered 503
+                    log.warning("group commit of %d events: database busy (%s)", size, exc)
+                else:
+                    log.error("group commit of %d events failed: %r", size, exc, exc_info=exc)
                 for request in batch:
                     if not request.future.done():
                         request.future.set_exception(exc)

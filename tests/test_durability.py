@@ -108,7 +108,10 @@ async def test_shutdown_drains_queued_writes(make_client, config) -> None:
     posts = [
         asyncio.ensure_future(client.post("/events", data=body(i), headers=JSON)) for i in range(50)
     ]
-    await asyncio.sleep(0.2)
+    for _ in range(200):  # every request handed to the writer (not a fixed sleep: load varies)
+        if writer._queued_events == 50:
+            break
+        await asyncio.sleep(0.05)
     closing = asyncio.ensure_future(writer.close())  # what app cleanup does on SIGTERM
     await asyncio.sleep(0.1)
     late = await client.post("/events", data=body(99), headers=JSON)

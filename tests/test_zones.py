@@ -79,6 +79,7 @@ COUNTS, BY_TYPE, BY_DAY, SERIES = (
 # Fixed offsets for date-time bounds: whole, half and quarter hours, both extremes.
 OFFSET_MINUTES = (0, 60, -300, 330, 345, 765, -210, 840, -720, 525)
 START_FORMAT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?[+-]\d{2}:\d{2}")
+START_FORMAT_ODD = re.compile(START_FORMAT.pattern + r"(:\d{2})?")
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -243,24 +244,23 @@ async def check_series(
 
 
 def _start_as_unit(got: str, ref: Bucket | None, zone: str) -> str:
-    """``got`` unchanged unless it is an accepted other spelling of the unit's start (the
-    range's first instant for a cut bucket; any exact spelling for a seconds offset)."""
-    if ref is None:
-        return got
-    expected = local_iso(ref.unit.start, zone)
-    if got == expected:
+    """``got`` unchanged unless it is an accepted other spelling of the unit's start: the
+    range's first instant for a cut bucket, and for an offset with seconds (local mean
+    time before 1980, which ``+HH:MM`` cannot spell) any exact ``±HH:MM:SS`` spelling."""
+    if ref is None or got == local_iso(ref.unit.start, zone):
         return got
     try:
         at = datetime.fromisoformat(got)
     except ValueError:
         return got
-    if at.utcoffset() != at.astimezone(ZoneInfo(zone)).utcoffset():
+    offset = at.astimezone(ZoneInfo(zone)).utcoffset()
+    if at.utcoffset() != offset:
         return got  # the right instant at the wrong offset is still wrong
-    if ref.cut and at == ref.cut_start and START_FORMAT.fullmatch(got):
-        return expected
-    offset = ref.unit.start.astimezone(ZoneInfo(zone)).utcoffset()
-    if offset is not None and offset.seconds % 60 and at == ref.unit.start:
-        return expected  # +HH:MM cannot spell a seconds offset; the instant is what counts
+    odd = offset is not None and offset.total_seconds() % 60 != 0
+    if not (START_FORMAT if not odd else START_FORMAT_ODD).fullmatch(got):
+        return got
+    if (ref.cut and at == ref.cut_start) or (odd and at == ref.unit.start):
+        return local_iso(ref.unit.start, zone)
     return got
 
 
@@ -608,6 +608,27 @@ async def test_more_than_10000_buckets_is_a_400(client: TestClient) -> None:
     params = {"interval": "day", "start_date": "2000-01-01", "tz": "Asia/Kathmandu"}
     params["end_date"] = (date(2000, 1, 1) + timedelta(days=9_999)).isoformat()
     assert len((await answer(client, SERIES, params))["buckets"]) == 10_000
+
+
+@pytest.mark.parametrize("tz", ["Asia/Kathmandu", "Pacific/Kiritimati", "Etc/GMT+12", "UTC"])
+async def test_the_ends_of_the_calendar_are_a_200_or_a_400_in_every_zone(
+    client: TestClient, tz: str
+) -> None:
+    """Local 0001-01-01 begins before the first UTC instant east of Greenwich, and local
+    9999-12-31 ends after the last one west of it: an answer or a 400, never a 500."""
+    await seed(client, [row("view", "0001-01-01T00:00:00.000000Z")])
+    for start, end in (
+        ("0001-01-01", "0001-01-01"),
+        ("0001-01-01", "0001-01-02"),
+        ("9999-12-31", "9999-12-31"),
+        ("9999-12-30", "9999-12-31"),
+        ("0001-01-01T00:00:00Z", "0001-01-01T05:00:00Z"),
+        ("9999-12-31T20:00:00Z", "9999-12-31T23:59:59.999999Z"),
+    ):
+        for path, extra in (*ALL_ENDPOINTS, *((SERIES, {"interval": i}) for i in INTERVALS)):
+            params = {"start_date": start, "end_date": end, "tz": tz, **extra}
+            response = await client.get(path, params=params)
+            assert response.status in (200, 400), (path, params, await response.text())
 
 
 async def test_a_date_time_bound_is_the_same_instant_whatever_tz_says(

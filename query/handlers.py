@@ -165,26 +165,41 @@ def _buckets(query: Query) -> list[Bucket]:
     span = query.span()
     if span is None:
         return []
-    lo, hi = _series_range(query, span)
-    units = (
-        hour_buckets(lo, hi, query.zone)
-        if query.interval == "hour"
-        else calendar_buckets(lo, hi, query.interval, query.zone)
-    )
-    buckets = []
-    for bucket in units:
-        if len(buckets) == MAX_BUCKETS:
-            raise bad_request(
-                [
-                    {
-                        "field": "interval",
-                        "message": f"the range holds more than {MAX_BUCKETS} {query.interval} "
-                        "buckets; narrow start_date/end_date or choose a longer interval",
-                    }
-                ]
-            )
-        buckets.append(bucket)
+    buckets: list[Bucket] = []
+    try:
+        lo, hi = _series_range(query, span)
+        units = (
+            hour_buckets(lo, hi, query.zone)
+            if query.interval == "hour"
+            else calendar_buckets(lo, hi, query.interval, query.zone)
+        )
+        for bucket in units:
+            if len(buckets) == MAX_BUCKETS:
+                raise _too_many_buckets(query.interval)
+            buckets.append(bucket)
+    except OverflowError:  # a local time before 0001-01-01 or after 9999-12-31
+        raise bad_request(
+            [
+                {
+                    "field": "tz",
+                    "message": "the range reaches local times outside 0001-01-01 … 9999-12-31 "
+                    "in this zone; narrow start_date/end_date",
+                }
+            ]
+        ) from None
     return buckets
+
+
+def _too_many_buckets(interval: str) -> Problem:
+    return bad_request(
+        [
+            {
+                "field": "interval",
+                "message": f"the range holds more than {MAX_BUCKETS} {interval} "
+                "buckets; narrow start_date/end_date or choose a longer interval",
+            }
+        ]
+    )
 
 
 def _series_range(query: Query, span: Interval) -> tuple[datetime, datetime]:

@@ -116,7 +116,7 @@ def hour_buckets(lo: datetime, hi: datetime, zone: tzinfo) -> Iterator[Bucket]:
         into_hour = timedelta(
             minutes=local.minute, seconds=local.second, microseconds=local.microsecond
         )
-        end = min(at - into_hour + HOUR, hi)
+        end = min(at + (HOUR - into_hour), hi)
         end = _next_transition(at, end, zone) or end
         yield Bucket(local.isoformat(), at, end)
         at = end

@@ -7,9 +7,10 @@ where a date-time bound cuts one — are counted from the log, through its
 at most two sub-bucket slivers of the log per interval, plus rollup rows.
 
 A local day in a zone whose offset is not a whole day's (all but UTC) is a tail of one
-UTC day and a head of the next: up to 95 quarter buckets on each side. Where the cut
-falls past noon (Kathmandu's 18:15Z), the side within the day is the smaller one to read
-as a whole day minus its complement; ``_edge`` picks the cheaper reading.
+UTC day and a head of the next. An edge longer than half a day is read as that whole day
+minus the rest of it (``_within_day``), so no edge reads more than 48 buckets; and
+neighbouring local days share their cut (Kathmandu's 18:15Z), which the store reads once.
+A year of local days in Kathmandu is thus ~365 short bucket ranges, not 35,000 buckets.
 """
 
 from __future__ import annotations
@@ -56,10 +57,17 @@ def _day(epoch_s: int) -> str:
     return _instant(epoch_s).date().isoformat()
 
 
+def _day_or_none(epoch_s: int | None) -> str | None:
+    """The UTC date of a day boundary; None when unbounded or past the calendar."""
+    if epoch_s is None or epoch_s > _LAST_S:
+        return None
+    return _day(epoch_s)
+
+
 class _Builder:
     def __init__(self) -> None:
         self.days: list[tuple[int, str | None, str | None]] = []
-        self.quarters: list[tuple[int, int, int]] = []
+        self.quarters: list[tuple[int, int, int, int]] = []
         self.log: list[tuple[int, str, str | None]] = []
 
     def add(self, part: int, lo: datetime | None, hi: datetime | None) -> None:
@@ -81,23 +89,36 @@ class _Builder:
         lo_d = -(-lo_q // DAY_S) * DAY_S if lo_q is not None else None
         hi_d = hi_q // DAY_S * DAY_S if hi_q is not None else None
         if lo_q is not None and lo_d is not None and lo_d > _LAST_S:  # the calendar's last day
-            self.quarters.append((part, lo_q, hi_q if hi_q is not None else lo_d))
+            self.quarters.append((part, lo_q, hi_q if hi_q is not None else lo_d, 1))
             return
         if lo_q is not None and hi_q is not None and lo_d is not None and hi_d is not None:  # noqa: SIM102
-            if lo_d >= hi_d:  # no whole day inside
-                self.quarters.append((part, lo_q, hi_q))
+            if lo_d > hi_d:  # within one day
+                self._within_day(part, lo_q, hi_q)
                 return
-        self.days.append(
-            (
-                part,
-                _day(lo_d) if lo_d is not None else None,
-                _day(hi_d) if hi_d is not None else None,
-            )
-        )
-        if lo_q is not None and lo_d is not None and lo_q < lo_d:
-            self.quarters.append((part, lo_q, lo_d))
-        if hi_q is not None and hi_d is not None and hi_d < hi_q:
-            self.quarters.append((part, hi_d, hi_q))
+            if lo_d == hi_d:  # across one midnight, no whole day inside
+                self._within_day(part, lo_q, lo_d)
+                self._within_day(part, hi_d, hi_q)
+                return
+        self.days.append((part, _day_or_none(lo_d), _day_or_none(hi_d)))
+        if lo_q is not None and lo_d is not None:
+            self._within_day(part, lo_q, lo_d)
+        if hi_q is not None and hi_d is not None:
+            self._within_day(part, hi_d, hi_q)
+
+    def _within_day(self, part: int, lo: int, hi: int) -> None:
+        """Buckets ``[lo, hi)`` inside one UTC day; more than half a day is read as the
+        whole day minus the rest of it (at most 48 buckets either way)."""
+        if lo >= hi:
+            return
+        if hi - lo <= DAY_S // 2:
+            self.quarters.append((part, lo, hi, 1))
+            return
+        day = lo // DAY_S * DAY_S
+        self.days.append((part, _day(day), _day_or_none(day + DAY_S)))
+        if day < lo:
+            self.quarters.append((part, day, lo, -1))
+        if hi < day + DAY_S:
+            self.quarters.append((part, hi, day + DAY_S, -1))
 
     def _log(self, part: int, lo: datetime | None, hi: datetime | None) -> None:
         assert lo is not None  # an unbounded side never cuts a bucket

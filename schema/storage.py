@@ -66,13 +66,17 @@ class CountPlan:
     ``(interval id, lo, hi)``, half-open:
 
     - ``days``: UTC dates ``'YYYY-MM-DD'`` (None: unbounded on that side);
-    - ``quarters``: bucket starts in seconds since the Unix epoch (multiples of 900);
+    - ``quarters``: bucket starts in seconds since the Unix epoch (multiples of 900), with
+      a sign: -1 subtracts the range (a whole day minus the rest of it is cheaper to read
+      than most of a day's buckets);
     - ``log``: log timestamp strings (``hi`` None: unbounded).
+
+    A backend reads each distinct range once, however many parts share it.
     """
 
     intervals: int
     days: tuple[tuple[int, str | None, str | None], ...] = ()
-    quarters: tuple[tuple[int, int, int], ...] = ()
+    quarters: tuple[tuple[int, int, int, int], ...] = ()
     log: tuple[tuple[int, str, str | None], ...] = ()
 
 

@@ -92,19 +92,22 @@ PRUNE_KEYS_SQL = "DELETE FROM idempotency_keys WHERE created_at < ?"
 
 # --- reading -------------------------------------------------------------------------
 
-# One statement per source for all of a plan's parts: each part ``[id, lo, hi]`` of the
-# JSON parameter is one index range (nested loop: the parts outside, the index inside).
-SUM_DAYS_SQL = """
-SELECT part.value->>0, c.event_type, SUM(c.count)
-FROM json_each(?) AS part JOIN daily_event_counts AS c
-    ON c.day >= part.value->>1 AND c.day < part.value->>2
-GROUP BY 1, 2
+# One statement per rollup for all of a plan's distinct ranges (a JSON array of
+# ``[lo, hi]``): per range, one index range and the three types' sums as one JSON array.
+# The correlated subquery avoids the sort a GROUP BY over (range, type) would need, which
+# measured ~3x slower for a year of local days (bench notes in the README).
+_TOTALS = ", ".join(f"SUM(count) FILTER (WHERE event_type = '{t}')" for t in EVENT_TYPES)
+SUM_DAYS_SQL = f"""
+SELECT r.key, (
+    SELECT json_array({_TOTALS}) FROM daily_event_counts
+    WHERE day >= r.value->>0 AND day < r.value->>1
+) FROM json_each(?) AS r
 """
-SUM_QUARTERS_SQL = """
-SELECT part.value->>0, c.event_type, SUM(c.count)
-FROM json_each(?) AS part JOIN quarter_hour_event_counts AS c
-    ON c.bucket >= part.value->>1 AND c.bucket < part.value->>2
-GROUP BY 1, 2
+SUM_QUARTERS_SQL = f"""
+SELECT r.key, (
+    SELECT json_array({_TOTALS}) FROM quarter_hour_event_counts
+    WHERE bucket >= r.value->>0 AND bucket < r.value->>1
+) FROM json_each(?) AS r
 """
 # Uses the (event_type, timestamp) index: one index range per type and part, never the table.
 COUNT_LOG_SQL = """
@@ -426,23 +429,34 @@ def _count(
     """Every part of the plan, one statement per source, in the caller's snapshot."""
     counts: dict[tuple[int, str], int] = {}
 
-    def add(sql: str, parts: list[tuple[object, ...]]) -> None:
-        for part, event_type, n in conn.execute(sql, (orjson.dumps(parts),)):
-            if event_type in wanted and n:
-                key = (part, event_type)
-                counts[key] = counts.get(key, 0) + n
+    def add(part: int, event_type: str, n: int) -> None:
+        if n and event_type in wanted:
+            counts[(part, event_type)] = counts.get((part, event_type), 0) + n
+
+    def read(sql: str, parts: list[tuple[int, Any, Any, int]]) -> None:
+        ranges: dict[tuple[Any, Any], list[tuple[int, int]]] = {}
+        for part, lo, hi, sign in parts:  # each distinct range is read once
+            ranges.setdefault((lo, hi), []).append((part, sign))
+        keys = list(ranges)
+        for index, totals in conn.execute(sql, (orjson.dumps(keys),)):
+            sums = orjson.loads(totals)
+            if not any(sums):
+                continue
+            for part, sign in ranges[keys[index]]:
+                for event_type, n in zip(EVENT_TYPES, sums, strict=True):
+                    if n:
+                        add(part, event_type, sign * n)
 
     if plan.days:
-        add(SUM_DAYS_SQL, [(i, lo or LOWEST, hi or HIGHEST) for i, lo, hi in plan.days])
+        read(SUM_DAYS_SQL, [(i, lo or LOWEST, hi or HIGHEST, 1) for i, lo, hi in plan.days])
     if plan.quarters:
-        add(SUM_QUARTERS_SQL, list(plan.quarters))
+        read(SUM_QUARTERS_SQL, list(plan.quarters))
     if plan.log:
         sql = COUNT_LOG_SQL.format(marks=_marks(len(wanted)))
         parts = [(i, lo, hi or HIGHEST) for i, lo, hi in plan.log]
         for part, event_type, n in conn.execute(sql, (orjson.dumps(parts), *wanted)):
-            if n:
-                counts[(part, event_type)] = counts.get((part, event_type), 0) + n
-    return counts
+            add(part, event_type, n)
+    return {key: n for key, n in counts.items() if n}
 
 
 def _days_to_check(conn: sqlite3.Connection, start: date | None, end: date | None) -> list[str]:

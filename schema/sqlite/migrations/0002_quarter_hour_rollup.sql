@@ -8,7 +8,7 @@
 -- same on every backend.
 
 CREATE TABLE quarter_hour_event_counts (
-    bucket     INTEGER NOT NULL,
+    bucket     INTEGER NOT NULL CHECK (bucket % 900 = 0),
     event_type TEXT    NOT NULL,
     count      INTEGER NOT NULL CHECK (count > 0),
     PRIMARY KEY (bucket, event_type)

@@ -91,7 +91,7 @@ class _Builder:
         if lo_q is not None and lo_d is not None and lo_d > _LAST_S:  # the calendar's last day
             self.quarters.append((part, lo_q, hi_q if hi_q is not None else lo_d, 1))
             return
-        if lo_q is not None and hi_q is not None and lo_d is not None and hi_d is not None:  # noqa: SIM102
+        if lo_q is not None and hi_q is not None and lo_d is not None and hi_d is not None:
             if lo_d > hi_d:  # within one day
                 self._within_day(part, lo_q, hi_q)
                 return

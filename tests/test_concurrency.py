@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
-import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -155,28 +154,20 @@ async def test_simultaneous_identical_cut_day_queries_on_an_empty_database(
 async def test_a_read_that_stays_open_sees_one_snapshot_while_writes_commit(
     seeded: TestClient,
 ) -> None:
+    """A reader's transaction held open across 20 group commits keeps its snapshot, and
+    the other readers serve meanwhile (the held one is not shared)."""
     store = seeded.server.app[STORE]
-    first_read_done, writes_committed = threading.Event(), threading.Event()
-
-    def two_counts(conn: sqlite3.Connection) -> tuple[int, int]:
-        before = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-        first_read_done.set()
-        assert writes_committed.wait(10), "the writes never committed"
-        after = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-        return before, after
-
-    reading = asyncio.ensure_future(store._read(two_counts))
-    await asyncio.to_thread(first_read_done.wait, 10)
-    for n in range(20):  # each its own group commit, while the read stays open
-        assert (await seeded.post("/events", json=view(f"w{n}"))).status == 202
-    writes_committed.set()
-    before, after = await reading
+    count = "SELECT COUNT(*) FROM events"
+    async with store._readers.connection() as held:
+        await held.execute("BEGIN")
+        (before,) = (await held.execute_fetchall(count))[0]
+        for n in range(20):  # each its own group commit, while the read stays open
+            assert (await seeded.post("/events", json=view(f"w{n}"))).status == 202
+            assert (await seeded.get("/analytics/event-counts")).status == 200
+        (after,) = (await held.execute_fetchall(count))[0]
+        await held.execute("COMMIT")
     assert before == after  # one snapshot
-    assert (await store._read(two_counts_closed)) == before + 20
-
-
-def two_counts_closed(conn: sqlite3.Connection) -> int:
-    return conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    assert (await store._fetch(count))[0][0] == before + 20
 
 
 @pytest.mark.slow

@@ -5,9 +5,13 @@ Who touches which connection (nothing is shared between concurrent requests):
 - **the writer**: one ``sqlite3`` connection confined to one thread of its own. Each write
   transaction (a group commit, a key prune) is one function call on that thread, i.e. one
   hand-off from the event loop, and SQLite's one write lock orders it with other processes.
-- **readers**: a small pool of threads, each with its own read-only connection. A read
-  (a count, a key lookup) is one call on one of them, inside one ``BEGIN … COMMIT``: its own
-  WAL snapshot, never another request's transaction.
+  (aiosqlite hands off once per statement and has no public way to run a function on its
+  thread; a write transaction must not wait on a busy event loop between its statements
+  while it holds the write lock — see the README's profile notes.)
+- **readers**: a small pool of aiosqlite connections (each on its own thread, read-only).
+  A read (a count, a key lookup) is ONE statement on an idle one: one hand-off, and one WAL
+  snapshot of its own, never another request's connection or transaction. A whole count
+  (rollup days, 15-minute buckets, log slivers) is written as one statement for this.
 - **maintenance**: one thread with its own connection for rollup recounts, so a long
   reconcile pass neither blocks the writer's thread nor takes a reader.
 """
@@ -19,14 +23,15 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiosqlite
 import orjson
 
 from schema.events import EVENT_TYPES
@@ -92,29 +97,32 @@ PRUNE_KEYS_SQL = "DELETE FROM idempotency_keys WHERE created_at < ?"
 
 # --- reading -------------------------------------------------------------------------
 
-# One statement per rollup for all of a plan's distinct ranges (a JSON array of
-# ``[lo, hi]``): per range, one index range and the three types' sums as one JSON array.
-# The correlated subquery avoids the sort a GROUP BY over (range, type) would need, which
-# measured ~3x slower for a year of local days (bench notes in the README).
-_TOTALS = ", ".join(f"SUM(count) FILTER (WHERE event_type = '{t}')" for t in EVENT_TYPES)
-SUM_DAYS_SQL = f"""
-SELECT r.key, (
-    SELECT json_array({_TOTALS}) FROM daily_event_counts
+
+# A whole count is ONE statement, so it is one snapshot (SQLite reads a statement in one
+# implicit read transaction) and one hand-off to a reader. Each distinct range of a plan
+# (a JSON array of ``[lo, hi]`` per source) is one index range, answered as the three
+# types' totals in one JSON array: a correlated subquery per range avoids the sort a
+# GROUP BY over (range, type) needs, which measured ~3x slower for a year of local days.
+def _totals(aggregate: str) -> str:
+    return ", ".join(f"{aggregate} FILTER (WHERE event_type = '{t}')" for t in EVENT_TYPES)
+
+
+COUNT_PLAN_SQL = f"""
+SELECT 0, r.key, (
+    SELECT json_array({_totals("SUM(count)")}) FROM daily_event_counts
     WHERE day >= r.value->>0 AND day < r.value->>1
-) FROM json_each(?) AS r
-"""
-SUM_QUARTERS_SQL = f"""
-SELECT r.key, (
-    SELECT json_array({_TOTALS}) FROM quarter_hour_event_counts
+) FROM json_each(?1) AS r
+UNION ALL
+SELECT 1, r.key, (
+    SELECT json_array({_totals("SUM(count)")}) FROM quarter_hour_event_counts
     WHERE bucket >= r.value->>0 AND bucket < r.value->>1
-) FROM json_each(?) AS r
-"""
-# Uses the (event_type, timestamp) index: one index range per type and part, never the table.
-COUNT_LOG_SQL = """
-SELECT part.value->>0, e.event_type, COUNT(*)
-FROM json_each(?) AS part JOIN events AS e
-    ON e.event_type IN ({marks}) AND e.timestamp >= part.value->>1 AND e.timestamp < part.value->>2
-GROUP BY 1, 2
+) FROM json_each(?2) AS r
+UNION ALL
+SELECT 2, r.key, (
+    SELECT json_array({_totals("COUNT(*)")}) FROM events
+    WHERE event_type IN ({", ".join(f"'{t}'" for t in EVENT_TYPES)})
+      AND timestamp >= r.value->>0 AND timestamp < r.value->>1
+) FROM json_each(?3) AS r
 """
 NEWEST_BUCKET_SQL = "SELECT MAX(bucket) FROM quarter_hour_event_counts"
 
@@ -247,6 +255,48 @@ class _Lane:
             self._opened.clear()
 
 
+class _ReadPool:
+    """``size`` aiosqlite connections (each with its own thread, read-only). A read takes
+    an idle one for ONE statement — one hand-off and one WAL snapshot — so concurrent
+    requests never share a connection, a cursor or a transaction."""
+
+    def __init__(self, connections: list[aiosqlite.Connection]):
+        self._all = connections
+        self._idle: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        for conn in connections:
+            self._idle.put_nowait(conn)
+
+    @classmethod
+    async def open(cls, path: str, size: int, pragmas: list[str]) -> _ReadPool:
+        connections = []
+        for _ in range(size):
+            conn = await aiosqlite.connect(path, isolation_level=None)
+            for pragma in pragmas:
+                await conn.execute(pragma)
+            connections.append(conn)
+        return cls(connections)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[aiosqlite.Connection]:
+        """An idle connection, all to the caller until the block ends."""
+        conn = await self._idle.get()
+        try:
+            yield conn
+        finally:
+            self._idle.put_nowait(conn)
+
+    async def fetch(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        async with self.connection() as conn:
+            try:
+                return list(await conn.execute_fetchall(sql, args))
+            except sqlite3.Error as exc:
+                raise _storage_error(exc) from exc
+
+    async def close(self) -> None:
+        for conn in self._all:
+            await conn.close()
+
+
 @contextmanager
 def _write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE … COMMIT; ROLLBACK and re-raise on any error."""
@@ -298,7 +348,7 @@ class SQLiteStore:
         self.busy_timeout_ms = busy_timeout_ms
         self.readers = readers
         self._writer: _Lane | None = None
-        self._reader: _Lane | None = None
+        self._readers: _ReadPool | None = None
         self._maintenance: _Lane | None = None
 
     # --- lifecycle -------------------------------------------------------------------
@@ -309,30 +359,35 @@ class SQLiteStore:
     async def open(self) -> None:
         await self.migrate()
         self._writer = _Lane("writer", 1, lambda: self._connect(cache_mib=32))
-        self._reader = _Lane("reader", self.readers, lambda: self._connect(8, read_only=True))
         self._maintenance = _Lane("maintenance", 1, lambda: self._connect(cache_mib=32))
+        pragmas = [*_pragmas(self.synchronous, self.busy_timeout_ms, cache_mib=8)]
+        self._readers = await _ReadPool.open(
+            self.path, self.readers, [*pragmas, "PRAGMA query_only = ON"]
+        )
 
-    def _connect(self, cache_mib: int, *, read_only: bool = False) -> sqlite3.Connection:
+    def _connect(self, cache_mib: int) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         for pragma in _pragmas(self.synchronous, self.busy_timeout_ms, cache_mib=cache_mib):
             conn.execute(pragma)
-        if read_only:
-            conn.execute("PRAGMA query_only = ON")
         return conn
 
     async def close(self) -> None:
-        lanes = [lane for lane in (self._writer, self._reader, self._maintenance) if lane]
-        self._writer = self._reader = self._maintenance = None
+        lanes = [lane for lane in (self._writer, self._maintenance) if lane]
+        readers, self._readers = self._readers, None
+        self._writer = self._maintenance = None
         for lane in lanes:
             await asyncio.to_thread(lane.close)
+        if readers is not None:
+            await readers.close()
 
     def _lane(self, lane: _Lane | None) -> _Lane:
         assert lane is not None, "store is not open"
         return lane
 
-    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(conn, *args)`` on a reader of its own, in one snapshot."""
-        return await self._lane(self._reader).run(_snapshot(fn), *args)
+    async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """The rows of ONE statement on an idle reader: its own connection and snapshot."""
+        assert self._readers is not None, "store is not open"
+        return await self._readers.fetch(sql, args)
 
     # --- writing -------------------------------------------------------------------
 
@@ -353,20 +408,27 @@ class SQLiteStore:
     async def find_keys(self, keys: Sequence[str]) -> dict[str, StoredKey]:
         if not keys:
             return {}
-        return await self._read(_find_keys, list(keys))
+        rows = await self._fetch(FIND_KEYS_SQL.format(marks=_marks(len(keys))), list(keys))
+        return {key: (digest, response) for key, digest, response in rows}
 
     async def count(self, plan: CountPlan, types: Iterable[str]) -> dict[tuple[int, str], int]:
         wanted = tuple(types)
         if not plan.intervals or not wanted:
             return {}
-        return await self._read(_count, plan, wanted)
+        sources = [
+            _distinct((i, lo or LOWEST, hi or HIGHEST, 1) for i, lo, hi in plan.days),
+            _distinct(plan.quarters),
+            _distinct((i, lo, hi or HIGHEST, 1) for i, lo, hi in plan.log),
+        ]
+        args = [orjson.dumps(list(ranges)) for ranges in sources]
+        return _tally(await self._fetch(COUNT_PLAN_SQL, args), sources, wanted)
 
     async def newest_bucket(self) -> int | None:
-        (newest,) = (await self._read(_fetch_all, NEWEST_BUCKET_SQL, ()))[0]
+        (newest,) = (await self._fetch(NEWEST_BUCKET_SQL))[0]
         return newest
 
     async def ping(self) -> bool:
-        return await self._read(_fetch_all, "SELECT 1", ()) == [(1,)]
+        return await self._fetch("SELECT 1") == [(1,)]
 
     # --- rollup maintenance ----------------------------------------------------------
 
@@ -378,10 +440,6 @@ class SQLiteStore:
 
 
 # --- the functions that run on a lane's thread, on its connection ---------------------
-
-
-def _fetch_all(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Any]:
-    return conn.execute(sql, args).fetchall()
 
 
 def _find_keys(conn: sqlite3.Connection, keys: list[str]) -> dict[str, StoredKey]:
@@ -423,39 +481,31 @@ def _prune_keys(conn: sqlite3.Connection, older_than: str) -> int:
         return conn.execute(PRUNE_KEYS_SQL, (older_than,)).rowcount
 
 
-def _count(
-    conn: sqlite3.Connection, plan: CountPlan, wanted: tuple[str, ...]
+# A plan's parts as distinct ranges: ``{(lo, hi): [(part, sign), …]}`` (read once each).
+_Ranges = dict[tuple[Any, Any], list[tuple[int, int]]]
+
+
+def _distinct(parts: Iterable[tuple[int, Any, Any, int]]) -> _Ranges:
+    ranges: _Ranges = {}
+    for part, lo, hi, sign in parts:
+        ranges.setdefault((lo, hi), []).append((part, sign))
+    return ranges
+
+
+def _tally(
+    rows: Iterable[tuple[int, int, str]], sources: list[_Ranges], wanted: tuple[str, ...]
 ) -> dict[tuple[int, str], int]:
-    """Every part of the plan, one statement per source, in the caller's snapshot."""
+    """``{(part, event_type): n}`` from ``COUNT_PLAN_SQL``'s rows (source, range, totals)."""
+    keys = [list(ranges) for ranges in sources]
     counts: dict[tuple[int, str], int] = {}
-
-    def add(part: int, event_type: str, n: int) -> None:
-        if n and event_type in wanted:
-            counts[(part, event_type)] = counts.get((part, event_type), 0) + n
-
-    def read(sql: str, parts: list[tuple[int, Any, Any, int]]) -> None:
-        ranges: dict[tuple[Any, Any], list[tuple[int, int]]] = {}
-        for part, lo, hi, sign in parts:  # each distinct range is read once
-            ranges.setdefault((lo, hi), []).append((part, sign))
-        keys = list(ranges)
-        for index, totals in conn.execute(sql, (orjson.dumps(keys),)):
-            sums = orjson.loads(totals)
-            if not any(sums):
-                continue
-            for part, sign in ranges[keys[index]]:
-                for event_type, n in zip(EVENT_TYPES, sums, strict=True):
-                    if n:
-                        add(part, event_type, sign * n)
-
-    if plan.days:
-        read(SUM_DAYS_SQL, [(i, lo or LOWEST, hi or HIGHEST, 1) for i, lo, hi in plan.days])
-    if plan.quarters:
-        read(SUM_QUARTERS_SQL, list(plan.quarters))
-    if plan.log:
-        sql = COUNT_LOG_SQL.format(marks=_marks(len(wanted)))
-        parts = [(i, lo, hi or HIGHEST) for i, lo, hi in plan.log]
-        for part, event_type, n in conn.execute(sql, (orjson.dumps(parts), *wanted)):
-            add(part, event_type, n)
+    for source, index, totals in rows:
+        sums = orjson.loads(totals)
+        if not any(sums):
+            continue
+        for part, sign in sources[source][keys[source][index]]:
+            for event_type, n in zip(EVENT_TYPES, sums, strict=True):
+                if n and event_type in wanted:
+                    counts[(part, event_type)] = counts.get((part, event_type), 0) + sign * n
     return {key: n for key, n in counts.items() if n}
 
 

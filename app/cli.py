@@ -14,32 +14,21 @@ import logging
 import sys
 
 from app import config as settings
-from app import server
+from app import logs, server
 from app.config import Config
 from app.factory import create_app
 from rollup import cli as rollup_cli
 from schema.backends import UnknownBackendError, open_storage
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # aiosqlite's DEBUG lines carry SQL arguments, i.e. user data: never log them.
-    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.getLogger().level))
-
-
 def serve(config: Config) -> None:
-    _configure_logging(config.log_level)
     try:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:  # uvloop is optional: plain asyncio works, a little slower
         pass
-    access_log = logging.getLogger("analytics.access") if config.access_log else None
+    access_log = logging.getLogger(logs.ACCESS_LOGGER) if config.access_log else None
     asyncio.run(server.serve(create_app(config), config, access_log=access_log))
 
 
@@ -55,21 +44,23 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd = commands.add_parser("serve", help="run the HTTP service")
     settings.add_arguments(serve_cmd)
     migrate_cmd = commands.add_parser("migrate", help="create or upgrade the database, then exit")
-    settings.add_arguments(migrate_cmd, ("db",))
+    settings.add_arguments(migrate_cmd, ("db", "log_level", "log_format"))
     rollup_cli.add_commands(commands)
     args = parser.parse_args(argv)
     config = settings.load(args)
-    if args.command == "serve":
-        serve(config)
-    elif args.command == "migrate":
-        _configure_logging(config.log_level)
-        try:
-            version = asyncio.run(_migrate(config))
-        except UnknownBackendError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        print(f"{config.db}: schema version {version}")
-    elif args.command in rollup_cli.COMMANDS:
-        _configure_logging(config.log_level)
-        return rollup_cli.run(args, config)
-    return 0
+    log_setup = logs.configure(config.log_level, config.log_format)
+    try:
+        if args.command == "serve":
+            serve(config)
+        elif args.command == "migrate":
+            try:
+                version = asyncio.run(_migrate(config))
+            except UnknownBackendError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            print(f"{config.db}: schema version {version}")
+        elif args.command in rollup_cli.COMMANDS:
+            return rollup_cli.run(args, config)
+        return 0
+    finally:
+        log_setup.stop()  # every queued line is written before the process exits

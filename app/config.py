@@ -54,6 +54,13 @@ def _origins(value: str) -> tuple[str, ...]:
     return tuple(o for o in origins if o)
 
 
+def _log_format(value: str) -> str:
+    lowered = value.lower()
+    if lowered not in LOG_FORMATS:
+        raise ValueError(f"must be one of {', '.join(LOG_FORMATS)}, not {value!r}")
+    return lowered
+
+
 def _bool(value: str) -> bool:
     lowered = value.lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -61,6 +68,9 @@ def _bool(value: str) -> bool:
     if lowered in {"0", "false", "no", "off", ""}:
         return False
     raise ValueError(f"not a boolean: {value!r}")
+
+
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -119,7 +129,9 @@ SETTINGS: tuple[Setting, ...] = (
         "body_timeout_s", 10.0, parse_decimal, "seconds a client may take to send its body (408)"
     ),
     Setting("log_level", "INFO", parse_text, "logging level: DEBUG, INFO, WARNING or ERROR"),
+    Setting("log_format", "text", _log_format, "log lines as text or json (one object per line)"),
     Setting("access_log", True, _bool, "log one line per request"),
+    Setting("metrics", True, _bool, "count and time requests and commits for GET /metrics"),
 )
 
 
@@ -139,13 +151,17 @@ class Config:
     idempotency_hours: float = 24.0
     body_timeout_s: float = 10.0
     log_level: str = "INFO"
+    log_format: str = "text"
     access_log: bool = True
+    metrics: bool = True
 
     def __post_init__(self) -> None:
         if self.synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
             raise ValueError("synchronous must be FULL, NORMAL or EXTRA")
         if not isinstance(logging.getLevelName(self.log_level.upper()), int):
             raise ValueError("log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
         if min(self.queue_max_events, self.commit_max_events, self.read_connections) < 1:
             raise ValueError(
                 "queue_max_events, commit_max_events and read_connections must be positive"

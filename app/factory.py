@@ -15,7 +15,8 @@ from aiohttp import web
 from app import docs
 from app.config import Config
 from app.inflight import InFlight
-from app.keys import BODY_TIMEOUT, CONFIG, INFLIGHT, STORE, WRITER
+from app.keys import BODY_TIMEOUT, CONFIG, INFLIGHT, METRICS, STORE, WRITER
+from app.metrics import Metrics, http_middleware, metrics_handler
 from app.middlewares import cors_middleware, problem_middleware, quiet_protocol_errors
 from ingest import handlers as ingest_handlers
 from ingest.writer import Writer
@@ -56,17 +57,22 @@ def create_app(config: Config) -> web.Application:
     """The whole service for ``config``; resources open on startup and drain on cleanup."""
     inflight = InFlight()
     quiet_protocol_errors()  # a client's malformed request: one WARNING line, no traceback
-    app = web.Application(
-        # InFlight outermost: it counts every request, whatever the others answer.
-        middlewares=[inflight.middleware, cors_middleware(config.cors_origins), problem_middleware],
-        client_max_size=MAX_REQUEST_BYTES,
-    )
+    metrics = Metrics()
+    middlewares = [cors_middleware(config.cors_origins), problem_middleware]
+    if config.metrics or config.access_log:  # it sees every final status
+        middlewares.insert(0, http_middleware(metrics if config.metrics else None))
+    # InFlight outermost: it counts every request, whatever the others answer.
+    middlewares.insert(0, inflight.middleware)
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_REQUEST_BYTES)
     app[CONFIG] = config
     app[INFLIGHT] = inflight
+    app[METRICS] = metrics  # always there: rollup, erasure and retention count into it
     app[BODY_TIMEOUT] = config.body_timeout_s
     app.cleanup_ctx.append(_storage)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if config.metrics:
+        app.router.add_get("/metrics", metrics_handler(metrics, config.admin_token))
     ingest_handlers.setup_routes(app)
     query_handlers.setup_routes(app)
     web_pages.setup_routes(app)
@@ -90,7 +96,9 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         queue_max_events=config.queue_max_events,
         commit_max_events=config.commit_max_events,
         key_ttl_hours=config.idempotency_hours,
+        on_commit=app[METRICS].committed if config.metrics else None,
     )
+    app[METRICS].watch_queue(lambda: writer.queued_events)
     await writer.start()
     app[STORE] = store
     app[WRITER] = writer

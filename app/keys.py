@@ -11,6 +11,7 @@ from aiohttp import web
 
 from app.config import Config
 from app.inflight import InFlight
+from app.metrics import Metrics
 from ingest.writer import Writer
 from rollup.service import RollupRunner
 from schema.storage import Storage
@@ -21,3 +22,4 @@ WRITER = web.AppKey("writer", Writer)
 RUNNER = web.AppKey("rollup_runner", RollupRunner)
 BODY_TIMEOUT = web.AppKey("body_timeout", float)
 INFLIGHT = web.AppKey("inflight", InFlight)
+METRICS = web.AppKey("metrics", Metrics)

@@ -1,4 +1,7 @@
-"""Cross-cutting HTTP behaviour: problem+json errors, CORS, and the access log."""
+"""Cross-cutting HTTP behaviour: problem+json errors, CORS, and quiet protocol errors.
+
+The access log is in ``app.logs``; request counting and timing in ``app.metrics``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 from pydantic import ValidationError
@@ -112,24 +114,6 @@ async def _methods_of(request: web.Request) -> list[str]:
         if allowed:
             return sorted(m for m in allowed if m not in {"HEAD", "OPTIONS"})
     return []
-
-
-_LINE = "%s %s %s %.1fms"  # method, path, status, duration
-
-
-class AccessLogger(AbstractAccessLogger):
-    """One line per request: method, path, status and duration."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        # Same record, same handlers and filters as logger.info(), minus findCaller(): its
-        # walk up aiohttp's stack was half the cost of a line (the profile of the
-        # benchmark, bench/), and the call site of an access line tells nothing anyway.
-        logger = self.logger
-        if logger.isEnabledFor(logging.INFO):
-            args = (request.method, request.path, response.status, time * 1000)
-            logger.handle(
-                logger.makeRecord(logger.name, logging.INFO, __file__, 0, _LINE, args, None)
-            )
 
 
 def _client_fault(exc: BaseException | None) -> BaseException | None:

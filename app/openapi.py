@@ -458,6 +458,19 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             "500": _problem(500),
         },
     },
+    ("GET", "/metrics"): {
+        "tags": ["operations"],
+        "summary": "Prometheus metrics (text exposition format)",
+        "description": (
+            "Events accepted and rejected, replays, requests by route pattern and status, "
+            "latency, queue depth, commit size and time, rollup repairs, erasure and "
+            "retention. Needs the admin bearer token when one is configured."
+        ),
+        "security": [{}, {"adminToken": []}],
+        "responses": _responses(
+            (200, _text("Metrics", "text/plain; version=0.0.4; charset=utf-8")), 401
+        ),
+    },
     ("POST", "/admin/rollups/rebuild"): _admin_pass(
         "Recount the rollup from the log and repair it",
         "For all days or a date range, while ingestion goes on.",

@@ -29,7 +29,7 @@ from aiohttp import web
 
 from app.config import Config
 from app.keys import CONFIG, INFLIGHT, RUNNER
-from app.middlewares import AccessLogger
+from app.logs import AccessLogger
 
 log = logging.getLogger("analytics")
 

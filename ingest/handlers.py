@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from app.bodies import read_body
-from app.keys import STORE, WRITER
+from app.keys import METRICS, STORE, WRITER
 from app.problems import Problem, bad_request
 from ingest.stamps import stamp_events
 from ingest.writer import (
@@ -75,7 +75,9 @@ async def _ingest(
     if key:  # fast path for a retry of a committed request: no trip through the writer
         prior = (await store.find_keys([key])).get(key)
         if prior is not None:
-            return _replay(prior, digest)
+            response = _replay(prior, digest)
+            request.app[METRICS].replayed()
+            return response
 
     rows: list[EventRow] = [
         (event_id, event.user_id, event.event_type, timestamp, _dumps(payload))

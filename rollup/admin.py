@@ -10,7 +10,6 @@ admin API is off (403); a missing or wrong token is a 401 with ``WWW-Authenticat
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import AsyncIterator
 from datetime import date
 from typing import Any
@@ -18,9 +17,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from app.auth import require_admin
 from app.bodies import read_body
 from app.config import Config
-from app.keys import RUNNER, STORE
+from app.keys import METRICS, RUNNER, STORE
 from app.problems import Problem, bad_request
 from rollup.service import RollupRunner, RunnerClosedError
 from schema import strict_json
@@ -29,7 +29,6 @@ from schema.timestamps import parse_day
 
 MAX_BODY_BYTES = 4096
 FIELDS = ("start_date", "end_date", "dry_run")
-_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="admin"'}
 _RETRY = {"Retry-After": "5"}
 
 
@@ -38,22 +37,9 @@ def _json(body: object) -> web.Response:
 
 
 def _authorize(request: web.Request) -> RollupRunner:
-    """The runner, once the bearer token matches (compared in constant time)."""
+    """The runner, once the admin bearer token matches (``app.auth.require_admin``)."""
     runner = request.app[RUNNER]
-    expected = runner.config.admin_token
-    if not expected:
-        raise Problem(403, "the admin API is disabled: no admin token is configured")
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    given = given.lstrip(" ")  # RFC 6750: "Bearer" 1*SP token; the token is taken as sent
-    if scheme.lower() != "bearer" or not given:
-        raise Problem(401, "an admin bearer token is required", headers=_CHALLENGE)
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise Problem(
-            401,
-            "the admin bearer token is not valid",
-            headers={"WWW-Authenticate": 'Bearer realm="admin", error="invalid_token"'},
-        )
+    require_admin(request, runner.config.admin_token)
     return runner
 
 
@@ -148,9 +134,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 def setup(app: web.Application, config: Config) -> None:
-    """Add the rollup runner, its scheduler (a cleanup_ctx; add it after the storage one
-    so it stops first) and the ``/admin/rollups/*`` routes."""
-    app[RUNNER] = RollupRunner(config)
+    """Add the rollup runner (it counts repaired days in ``app[METRICS]``), its scheduler
+    (a cleanup_ctx; add it after the storage one so it stops first) and the
+    ``/admin/rollups/*`` routes."""
+    app[RUNNER] = RollupRunner(config, on_repaired=app[METRICS].rollup_repaired)
     app.cleanup_ctx.append(_lifecycle)
     app.router.add_post("/admin/rollups/rebuild", rebuild)
     app.router.add_post("/admin/rollups/reconcile", reconcile)

@@ -20,7 +20,7 @@ from schema.storage import StorageError
 from schema.timestamps import parse_day
 
 COMMANDS = ("rebuild", "reconcile")
-_SETTINGS = ("db", "busy_timeout_ms", "synchronous", "log_level")
+_SETTINGS = ("db", "busy_timeout_ms", "synchronous", "log_level", "log_format")
 
 
 def _day(text: str) -> date:

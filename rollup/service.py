@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any
 
@@ -37,9 +38,10 @@ class RunnerClosedError(Exception):
 class RollupRunner:
     """Runs reconcile/rebuild passes one at a time and keeps the last report."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, on_repaired: Callable[[int], None] | None = None):
         self.config = config
         self.store: Storage | None = None  # attached when the storage opens
+        self.on_repaired = on_repaired  # days repaired by each pass (not a dry run), for metrics
         self.last_report: dict[str, Any] | None = None
         self.last_error: dict[str, str] | None = None
         self.scheduled_runs = 0
@@ -93,6 +95,8 @@ class RollupRunner:
                 }
                 raise
             self.last_report = report.to_dict()
+            if self.on_repaired is not None and not dry_run:
+                self.on_repaired(len(report.days_changed))
             return report
 
     async def reconcile_job(self) -> None:

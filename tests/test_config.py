@@ -60,6 +60,9 @@ def test_environment_then_flags_win() -> None:
         {"ANALYTICS_LOG_LEVEL": "INFO\n"},
         {"ANALYTICS_LOG_LEVEL": "LOUD"},
         {"ANALYTICS_CORS_ORIGINS": "https://a.example\n"},
+        {"ANALYTICS_LOG_FORMAT": "xml"},
+        {"ANALYTICS_LOG_FORMAT": "json\n"},
+        {"ANALYTICS_METRICS": "sometimes"},
     ],
 )
 def test_bad_settings_exit_with_a_message(environ: dict[str, str]) -> None:
@@ -90,3 +93,12 @@ def test_a_malformed_admin_token_is_not_quoted_in_the_error() -> None:
 def test_admin_token_is_not_in_repr() -> None:
     config = settings.load(parse(), environ={"ANALYTICS_ADMIN_TOKEN": "s3cret-token"})
     assert "s3cret-token" not in repr(config)
+
+
+def test_log_format_and_metrics_from_environment_and_flags() -> None:
+    assert settings.load(parse(), environ={}).log_format == "text"
+    assert settings.load(parse(), environ={}).metrics is True
+    environ = {"ANALYTICS_LOG_FORMAT": "JSON", "ANALYTICS_METRICS": "false"}
+    config = settings.load(parse(), environ=environ)
+    assert (config.log_format, config.metrics) == ("json", False)
+    assert settings.load(parse("--log-format", "text"), environ=environ).log_format == "text"

@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from app.config import Config
 from app.factory import create_app
-from app.middlewares import AccessLogger
+from app.logs import AccessLogger
 from schema.events import MAX_BATCH_BODY_BYTES, MAX_PAYLOAD_BYTES
 from tests.helpers import assert_problem, stored, view
 

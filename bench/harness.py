@@ -56,10 +56,12 @@ class Settings:
     )
     batch_connections: int = field(default_factory=lambda: env_int("BENCH_BATCH_CONNECTIONS", 8))
     query_seconds: int = field(default_factory=lambda: env_int("BENCH_QUERY_SECONDS", 2))
-    access_log: bool = field(default_factory=lambda: os.environ.get("BENCH_ACCESS_LOG", "1") != "0")
+    cost_variants: bool = field(
+        default_factory=lambda: os.environ.get("BENCH_COST_VARIANTS", "1") != "0"
+    )
     only: list[str] = field(
         default_factory=lambda: env_list(
-            "BENCH_ONLY", "ingest,batch,queries,rebuild,generator,report"
+            "BENCH_ONLY", "ingest,metrics,batch,queries,rebuild,generator,report"
         )
     )
     generator_count: int = field(

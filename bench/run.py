@@ -7,8 +7,12 @@
 Sections (each writes ``bench/results/<section>.json``):
 
 - ingest: ``POST /events`` with wrk (2 threads, 64 and 256 connections) against the
-  service and, in the same run, a do-nothing aiohttp baseline; repeated, medians kept;
-  after each server the log is checked against the acknowledged count (0 lost).
+  service in its default configuration, the same with the access log off and with the
+  metrics off, and, in the same run, a do-nothing aiohttp baseline; repeated, medians
+  kept; after each server the log is checked against the acknowledged count (0 lost).
+- metrics: mixed traffic in phases of 8 to 256 connections while ``/metrics`` is scraped
+  every half second; the scrapes are drawn as the Grafana board's panels
+  (``docs/metrics.png``; the board itself is ``docs/grafana-dashboard.json``).
 - batch: ``POST /events/batch`` with 100- and 1000-event batches.
 - generator: seconds for ``generate_events.py --count 1000000``.
 - queries: p50/p99 of each analytics query over HTTP on 1M (and 10M) events, and the
@@ -18,8 +22,8 @@ Sections (each writes ``bench/results/<section>.json``):
 
 Settings: BENCH_SIZES, BENCH_DURATION (s per measured wrk run), BENCH_WARMUP,
 BENCH_REPEATS, BENCH_CONNECTIONS, BENCH_THREADS, BENCH_BATCH_SIZES,
-BENCH_BATCH_CONNECTIONS, BENCH_QUERY_SECONDS, BENCH_ACCESS_LOG (0 skips the
-access-log-on variant), BENCH_ONLY, BENCH_GENERATOR_COUNT.
+BENCH_BATCH_CONNECTIONS, BENCH_QUERY_SECONDS, BENCH_COST_VARIANTS (0 skips the
+services with the access log or the metrics off), BENCH_ONLY, BENCH_GENERATOR_COUNT.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -38,6 +43,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import dashboard
 import harness as h
 import report
 
@@ -48,22 +54,32 @@ GEN_START, GEN_END, GEN_SEED = "2025-01-01", "2025-12-31", "1"
 # --- ingest ------------------------------------------------------------------------------
 
 
+# (name, serve flags; None is the do-nothing baseline). "service" is the default
+# configuration: access log and metrics on. The other two turn one of them off, so the
+# table shows what each costs, measured in the same repeat.
+INGEST_KINDS: list[tuple[str, list[str] | None]] = [
+    ("baseline", None),
+    ("service", ["--access-log", "true", "--metrics", "true"]),
+    ("service, no access log", ["--access-log", "false", "--metrics", "true"]),
+    ("service, no metrics", ["--access-log", "true", "--metrics", "false"]),
+]
+
+
 def bench_ingest(s: h.Settings) -> dict[str, Any]:
-    kinds: list[tuple[str, bool | None]] = [("baseline", None), ("service", False)]
-    if s.access_log:
-        kinds.append(("service+access_log", True))
+    kinds = INGEST_KINDS if s.cost_variants else INGEST_KINDS[:2]
     runs: list[dict[str, Any]] = []
     checks: list[dict[str, Any]] = []
     rss: dict[str, float] = {}
     for repeat in range(s.repeats):
         order = kinds if repeat % 2 == 0 else list(reversed(kinds))  # share the drift
-        for kind, access_log in order:
-            db = h.WORK / f"ingest-{kind}.db"
+        for kind, flags in order:
+            slug = kind.replace(", ", "-").replace(" ", "_")
+            db = h.WORK / f"ingest-{slug}.db"
             h.remove_db(db)
-            if access_log is None:
+            if flags is None:
                 server = h.baseline("ingest-baseline")
             else:
-                server = h.service(f"ingest-{kind}", db, access_log=access_log)
+                server = h.service(f"ingest-{slug}", db, extra=flags)
             acknowledged = in_flight_bound = 0
             with server:
                 for conns in s.connections:
@@ -82,13 +98,13 @@ def bench_ingest(s: h.Settings) -> dict[str, Any]:
                         if measured:
                             runs.append({"kind": kind, "repeat": repeat, **w})
                             h.say(
-                                f"  ingest {kind:<20} c={conns:<4} #{repeat + 1}: "
+                                f"  ingest {kind:<24} c={conns:<4} #{repeat + 1}: "
                                 f"{w['rps']:>8.0f}/s p50 {w['p50_ms']:6.2f} ms "
                                 f"p99 {w['p99_ms']:7.2f} ms non-2xx {w['non_2xx']} "
                                 f"socket errors {w['socket_errors']}"
                             )
             rss[kind] = max(rss.get(kind, 0.0), server.peak_rss_mib or 0.0)
-            if access_log is not None:
+            if flags is not None:
                 stored, rolled = h.db_counts(db)
                 check = {
                     "kind": kind,
@@ -106,11 +122,55 @@ def bench_ingest(s: h.Settings) -> dict[str, Any]:
                 )
                 checks.append(check)
                 h.say(
-                    f"  check  {kind:<20} acknowledged {acknowledged} stored {stored} "
+                    f"  check  {kind:<24} acknowledged {acknowledged} stored {stored} "
                     f"rollup {rolled}: {'0 lost' if check['ok'] else 'MISMATCH'}"
                 )
                 h.remove_db(db)
-    return {"runs": runs, "checks": checks, "peak_rss_mib": rss, "summary": summarise_ingest(runs)}
+                server.log_path.unlink(missing_ok=True)  # the access log of millions of requests
+    return {
+        "runs": runs,
+        "checks": checks,
+        "peak_rss_mib": rss,
+        "summary": summarise_ingest(runs),
+        "costs": ingest_costs(runs),
+    }
+
+
+def ingest_costs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the access log and the metrics cost: the default service against the same
+    service with one of them off, as the median of per-repeat ratios."""
+    out = []
+    for conns in dict.fromkeys(r["connections"] for r in runs):
+        for what, without in (
+            ("access log", "service, no access log"),
+            ("metrics", "service, no metrics"),
+        ):
+            ratios = []
+            for repeat in dict.fromkeys(r["repeat"] for r in runs):
+                on = [
+                    r
+                    for r in runs
+                    if r["kind"] == "service"
+                    and r["connections"] == conns
+                    and r["repeat"] == repeat
+                ]
+                off = [
+                    r
+                    for r in runs
+                    if r["kind"] == without and r["connections"] == conns and r["repeat"] == repeat
+                ]
+                if on and off and off[0]["rps"]:
+                    ratios.append(on[0]["rps"] / off[0]["rps"])
+            if ratios:
+                out.append(
+                    {
+                        "what": what,
+                        "connections": conns,
+                        "on_vs_off": h.median(ratios),
+                        "ratios": [round(x, 3) for x in ratios],
+                    }
+                )
+    return out
 
 
 def summarise_ingest(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -157,6 +217,70 @@ def summarise_ingest(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 }
             )
     return out
+
+
+# --- metrics: scrapes of /metrics under changing load, drawn as the Grafana board ------
+
+# (connections, seconds) of mixed traffic (bench/wrk/post_mixed.lua): valid events of all
+# types with a few refused requests of every kind; with the queue bounded at 100 events,
+# 256 connections also meet 503s (overloaded).
+METRICS_PHASES = [(8, 6), (64, 8), (256, 8), (16, 6)]
+SCRAPE_EVERY_S = 0.5
+
+
+def bench_metrics(s: h.Settings) -> dict[str, Any]:
+    db = h.WORK / "metrics.db"
+    h.remove_db(db)
+    flags = ["--access-log", "true", "--queue-max-events", "100"]
+    scrapes: list[dict[str, Any]] = []
+    phases = []
+    with h.service("metrics", db, extra=flags) as server:
+        stop = threading.Event()
+        began = time.monotonic()
+
+        def scrape() -> None:
+            while not stop.is_set():
+                with urllib.request.urlopen(server.url + "/metrics", timeout=5) as answer:
+                    text = answer.read().decode()
+                t = time.monotonic() - began
+                scrapes.append({"t": round(t, 3), "samples": dashboard.parse_scrape(text)})
+                stop.wait(SCRAPE_EVERY_S)
+
+        scraper = threading.Thread(target=scrape, name="scraper")
+        scraper.start()
+        try:
+            time.sleep(2)
+            for conns, seconds in METRICS_PHASES:
+                start = time.monotonic() - began
+                w = h.wrk(
+                    server.url + "/events",
+                    "post_mixed.lua",
+                    connections=conns,
+                    threads=min(s.threads, conns),
+                    seconds=seconds,
+                )
+                phases.append(
+                    {
+                        "connections": conns,
+                        "from_s": round(start, 1),
+                        "requests": w["requests"],
+                        "non_2xx": w["non_2xx"],
+                        "rps": w["rps"],
+                    }
+                )
+                h.say(
+                    f"  metrics phase c={conns:<4} {seconds} s: {w['requests']} requests, "
+                    f"{w['non_2xx']} refused"
+                )
+            time.sleep(2)
+        finally:
+            stop.set()
+            scraper.join()
+        server.log_path.unlink(missing_ok=True)
+    h.remove_db(db)
+    picture = dashboard.render(scrapes)
+    h.say(f"  {len(scrapes)} scrapes → {picture.relative_to(h.ROOT)}")
+    return {"phases": phases, "scrape_every_s": SCRAPE_EVERY_S, "scrapes": scrapes}
 
 
 # --- batch -------------------------------------------------------------------------------
@@ -537,6 +661,7 @@ def bench_rebuild(s: h.Settings) -> dict[str, Any]:
 SECTIONS = {
     "generator": bench_generator,
     "ingest": bench_ingest,
+    "metrics": bench_metrics,
     "batch": bench_batch,
     "queries": bench_queries,
     "rebuild": bench_rebuild,

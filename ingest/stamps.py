@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 import uuid_utils
 
@@ -17,13 +18,23 @@ def stamp_events(n: int) -> list[tuple[str, str]]:
     """``n`` pairs of (event_id, timestamp), in time order."""
     clock_us = time.time_ns() // 1000
     stamps = []
-    last_micros, last_text = -1, ""
     for _ in range(n):
         uid = uuid_utils.uuid7()  # monotonic: ids sort in the order they were made
         ms = uid.timestamp
         # The UUID's millisecond is authoritative; keep the clock's microseconds within it.
         micros = clock_us if clock_us // 1000 == ms else ms * 1000
-        if micros != last_micros:
-            last_micros, last_text = micros, format_ts(_EPOCH + timedelta(microseconds=micros))
-        stamps.append((str(uid), last_text))
+        stamps.append((str(uid), timestamp_of(micros)))
     return stamps
+
+
+def timestamp_of(micros: int) -> str:
+    """Microseconds since the epoch as the log's timestamp (``format_ts``), with the
+    date and time of day formatted once per second rather than once per event."""
+    seconds, fraction = divmod(micros, 1_000_000)
+    return f"{_second(seconds)}{fraction:06d}Z"
+
+
+@lru_cache(maxsize=4)
+def _second(seconds: int) -> str:
+    """``2025-05-28T14:03:07.`` for a whole second since the epoch."""
+    return format_ts(_EPOCH + timedelta(seconds=seconds))[:-7]

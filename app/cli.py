@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
+
+from aiohttp import web
 
 from app import config as settings
 from app import logs, server
@@ -29,11 +32,22 @@ def serve(config: Config) -> None:
     except ImportError:  # uvloop is optional: plain asyncio works, a little slower
         pass
     access_log = logging.getLogger(logs.ACCESS_LOGGER) if config.access_log else None
-    asyncio.run(server.serve(create_app(config), config, access_log=access_log))
+    app = create_app(config)
+    app.on_startup.append(_freeze_startup_objects)  # after the storage and writer started
+    asyncio.run(server.serve(app, config, access_log=access_log))
 
 
 async def _migrate(config: Config) -> int:
     return await open_storage(config.db).migrate()
+
+
+async def _freeze_startup_objects(app: web.Application) -> None:
+    """Move everything alive once the service is up (modules, models, the app) out of the
+    garbage collector's sight: its collections, a few per request under load, then walk
+    only what requests allocate. About a tenth of the event loop's CPU per request
+    (README, Operations)."""
+    gc.collect()
+    gc.freeze()
 
 
 def main(argv: list[str] | None = None) -> int:

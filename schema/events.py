@@ -52,10 +52,16 @@ def _within(low: float, high: float | None) -> AfterValidator:
 def _depth(value: Any) -> int:
     """Nesting depth of a JSON value: a scalar is 0, ``{}`` is 1, ``{"a": {}}`` is 2."""
     if isinstance(value, dict):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_depth(v) for v in value), default=0)
-    return 0
+        children: Any = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return 0
+    deepest = 0  # a loop, not max() over a generator: this runs for every event
+    for child in children:
+        if isinstance(child, (dict, list)):
+            deepest = max(deepest, _depth(child))
+    return 1 + deepest
 
 
 # A required string: not empty and not only whitespace. The pattern only documents

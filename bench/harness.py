@@ -163,6 +163,25 @@ def peak_rss_mib(pid: int) -> float | None:
     return None
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """User + system CPU seconds of ``pid``'s main thread and of all its other threads."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"loop": 0.0, "other": 0.0}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        fields = stat.rpartition(")")[2].split()
+        seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        out["loop" if int(tid) == pid else "other"] += seconds
+    return out
+
+
 class Server:
     """A server child process on a free loopback port; ``stop()`` sends SIGTERM (the
     service drains its writer) and returns the peak RSS it reached."""
@@ -196,6 +215,11 @@ class Server:
 
     def rss(self) -> float | None:
         return peak_rss_mib(self.proc.pid)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time so far: ``loop`` (the main thread, which runs the event loop) and
+        ``other`` (the SQLite writer, the log writer and every other thread)."""
+        return thread_cpu_seconds(self.proc.pid)
 
     def stop(self) -> float | None:
         if self.proc.poll() is None:

@@ -33,16 +33,18 @@ def tables() -> list[str]:
             f"{ingest['settings']['repeats']} × {ingest['settings']['duration']} s runs)",
             "",
             "| server | connections | requests/s | vs baseline | p50 ms | p99 ms | non-2xx | "
-            "socket errors |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "socket errors | CPU µs/request: loop thread | other threads |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in ingest["summary"]:
             ratio = row["ratio_to_baseline"]
+            cpu = row.get("cpu_us_per_request") or {}
             lines.append(
                 f"| {row['kind']} | {row['connections']} | {row['rps']:,.0f} | "
                 f"{'–' if ratio is None or row['kind'] == 'baseline' else f'{ratio:.0%}'} | "
                 f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['non_2xx']} | "
-                f"{row['socket_errors']} |"
+                f"{row['socket_errors']} | {_f(cpu.get('loop'), '.0f')} | "
+                f"{_f(cpu.get('other'), '.0f')} |"
             )
         if ingest.get("costs"):
             lines += [

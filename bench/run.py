@@ -86,6 +86,7 @@ def bench_ingest(s: h.Settings) -> dict[str, Any]:
                     for seconds, measured in ((s.warmup, False), (s.duration, True)):
                         if seconds <= 0:
                             continue
+                        cpu_before = server.cpu_seconds()
                         w = h.wrk(
                             server.url + "/events",
                             "post_event.lua",
@@ -93,15 +94,25 @@ def bench_ingest(s: h.Settings) -> dict[str, Any]:
                             threads=s.threads,
                             seconds=seconds,
                         )
+                        cpu_after = server.cpu_seconds()
                         acknowledged += w["ok"]
                         in_flight_bound += conns
                         if measured:
+                            # CPU per answered request: where the time goes per event
+                            w["cpu_us_per_request"] = {
+                                part: (cpu_after[part] - cpu_before[part])
+                                / max(w["requests"], 1)
+                                * 1e6
+                                for part in cpu_after
+                            }
                             runs.append({"kind": kind, "repeat": repeat, **w})
+                            cpu = w["cpu_us_per_request"]
                             h.say(
                                 f"  ingest {kind:<24} c={conns:<4} #{repeat + 1}: "
                                 f"{w['rps']:>8.0f}/s p50 {w['p50_ms']:6.2f} ms "
                                 f"p99 {w['p99_ms']:7.2f} ms non-2xx {w['non_2xx']} "
-                                f"socket errors {w['socket_errors']}"
+                                f"socket errors {w['socket_errors']} | CPU/request: loop "
+                                f"{cpu['loop']:.0f} us, other threads {cpu['other']:.0f} us"
                             )
             rss[kind] = max(rss.get(kind, 0.0), server.peak_rss_mib or 0.0)
             if flags is not None:
@@ -214,6 +225,12 @@ def summarise_ingest(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "non_2xx": sum(r["non_2xx"] for r in mine),
                     "socket_errors": sum(r["socket_errors"] for r in mine),
                     "timeouts": sum(r["timeouts"] for r in mine),
+                    "cpu_us_per_request": {
+                        part: h.median([r["cpu_us_per_request"][part] for r in mine])
+                        for part in ("loop", "other")
+                    }
+                    if all("cpu_us_per_request" in r for r in mine)
+                    else None,
                 }
             )
     return out

@@ -15,6 +15,8 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app import logs
 from app.config import Config
@@ -205,3 +207,22 @@ def test_sigterm_writes_every_access_line_before_exit(tmp_path: Path) -> None:
     messages = [line["message"] for line in lines]
     assert "writer drained, database closed" in messages
     assert messages[-1] == "stopped"  # the last line serve logs, just before it exits
+
+
+@given(
+    created=st.floats(min_value=0, max_value=4e9),
+    method=st.sampled_from(["GET", "POST", "OPTIONS", "other"]),
+    route=st.sampled_from(["/events", "/docs/static/{name}", "unmatched"]),
+    path=st.text(min_size=1, max_size=40),
+    status=st.integers(min_value=100, max_value=599),
+    ms=st.floats(min_value=0, max_value=1e6),
+)
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_an_access_line_is_the_same_without_its_log_record(
+    log_format: str, created: float, method: str, route: str, path: str, status: int, ms: float
+) -> None:
+    """The writer formats access entries straight to text; the line must equal what the
+    formatter makes of the entry's LogRecord (what any other handler receives)."""
+    formatter = logs.formatter(log_format)
+    entry = (created, method, route, path, status, ms)
+    assert formatter.format_access(entry) == formatter.format(logs.access_record(entry))  # type: ignore[attr-defined]

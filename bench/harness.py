@@ -56,6 +56,9 @@ class Settings:
     )
     batch_connections: int = field(default_factory=lambda: env_int("BENCH_BATCH_CONNECTIONS", 8))
     query_seconds: int = field(default_factory=lambda: env_int("BENCH_QUERY_SECONDS", 2))
+    # Where the ingest databases go: BENCH_DB_DIR=/dev/shm takes the disk (fsync) out of
+    # the measurement, to see what the CPU alone allows. Default: bench/work.
+    db_dir: str = field(default_factory=lambda: os.environ.get("BENCH_DB_DIR", ""))
     cost_variants: bool = field(
         default_factory=lambda: os.environ.get("BENCH_COST_VARIANTS", "1") != "0"
     )

@@ -23,7 +23,9 @@ Sections (each writes ``bench/results/<section>.json``):
 Settings: BENCH_SIZES, BENCH_DURATION (s per measured wrk run), BENCH_WARMUP,
 BENCH_REPEATS, BENCH_CONNECTIONS, BENCH_THREADS, BENCH_BATCH_SIZES,
 BENCH_BATCH_CONNECTIONS, BENCH_QUERY_SECONDS, BENCH_COST_VARIANTS (0 skips the
-services with the access log or the metrics off), BENCH_ONLY, BENCH_GENERATOR_COUNT.
+services with the access log or the metrics off), BENCH_DB_DIR (where the ingest
+databases go; /dev/shm takes fsync out of the measurement), BENCH_ONLY,
+BENCH_GENERATOR_COUNT.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def bench_ingest(s: h.Settings) -> dict[str, Any]:
         order = kinds if repeat % 2 == 0 else list(reversed(kinds))  # share the drift
         for kind, flags in order:
             slug = kind.replace(", ", "-").replace(" ", "_")
-            db = h.WORK / f"ingest-{slug}.db"
+            db = (Path(s.db_dir) if s.db_dir else h.WORK) / f"ingest-{slug}.db"
             h.remove_db(db)
             if flags is None:
                 server = h.baseline("ingest-baseline")

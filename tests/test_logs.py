@@ -71,6 +71,7 @@ async def served(
     return await aiohttp_client(await aiohttp_server(app, **logs.runner_kwargs(True)))
 
 
+@pytest.mark.server_fault  # it logs an ERROR with a traceback on purpose
 async def test_json_lines_carry_the_fields_and_access_lines_the_request(
     aiohttp_server, aiohttp_client, config, restore_logging
 ) -> None:

@@ -37,10 +37,13 @@ from aiohttp.abc import AbstractAccessLogger
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 ACCESS_LOGGER = "analytics.access"
-# When the request reached the application (time.perf_counter()), stamped by the first
-# middleware: aiohttp's own duration follows the loop's clock, which under uvloop ticks
-# in whole milliseconds.
+# Stamped on each request by the first middleware (app.metrics.http_middleware): when it
+# reached the application (time.perf_counter(); aiohttp's own duration follows the loop's
+# clock, which under uvloop ticks in whole milliseconds) and its route pattern. A request
+# aiohttp refused before routing (malformed HTTP) has neither.
 REQUEST_STARTED = web.RequestKey("request_started", float)
+REQUEST_ROUTE = web.RequestKey("request_route", str)
+UNMATCHED_ROUTE = "unmatched"  # no route pattern to name: a 404, a 405, malformed HTTP
 ACCESS_MESSAGE = "%s %s %s %.1fms"  # method, path, status, duration in ms
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # How long the writer thread lets lines gather after the first one arrives: one write
@@ -330,9 +333,7 @@ class AccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         if not self.logger.isEnabledFor(logging.INFO):
             return
-        match_info = getattr(request, "match_info", None)
-        resource = match_info.route.resource if match_info is not None else None
-        route = resource.canonical if resource is not None else "unmatched"
+        route = request.get(REQUEST_ROUTE, UNMATCHED_ROUTE)
         began = request.get(REQUEST_STARTED)
         ms = (_clock() - began) * 1000 if began is not None else time * 1000
         entry = (_now(), request.method, route, request.path, response.status, ms)

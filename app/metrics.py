@@ -28,7 +28,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from app.auth import check_bearer
-from app.logs import REQUEST_STARTED
+from app.logs import REQUEST_ROUTE, REQUEST_STARTED, UNMATCHED_ROUTE
 from ingest.writer import CommitStats
 from schema.events import EVENT_TYPES
 
@@ -37,7 +37,6 @@ prometheus_client.disable_created_metrics()
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-UNMATCHED_ROUTE: Final = "unmatched"  # 404s and 405s: no route pattern to name
 OTHER_METHOD: Final = "other"  # any method outside METHODS, so clients can't add series
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 INGEST_ROUTES = frozenset({"/events", "/events/batch"})
@@ -189,25 +188,27 @@ def route_of(request: web.Request) -> str:
 
 
 def http_middleware(metrics: Metrics | None) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Stamp when each request reached the app (the access log measures from there) and,
-    with ``metrics``, count and time it. Put it outermost: it sees the final status."""
+    """Stamp when each request reached the app and its route pattern (the access log reads
+    both) and, with ``metrics``, count and time it. Put it outermost: it sees the final
+    status."""
 
-    def count(request: web.Request, status: int, began: float) -> None:
+    def count(request: web.Request, route: str, status: int, began: float) -> None:
         assert metrics is not None
         method = request.method if request.method in METHODS else OTHER_METHOD
-        metrics.request(method, route_of(request), status, time.perf_counter() - began)
+        metrics.request(method, route, status, time.perf_counter() - began)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         began = request[REQUEST_STARTED] = time.perf_counter()
+        route = request[REQUEST_ROUTE] = route_of(request)
         if metrics is None:
             return await handler(request)
         try:
             response = await handler(request)
         except web.HTTPException as exc:  # only what the problem middleware lets through
-            count(request, exc.status, began)
+            count(request, route, exc.status, began)
             raise
-        count(request, response.status, began)
+        count(request, route, response.status, began)
         return response
 
     return middleware

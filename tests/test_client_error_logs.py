@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from app.config import Config
 from app.factory import create_app
-from app.middlewares import AccessLogger
+from app.logs import AccessLogger
 from tests.helpers import view
 from tests.test_hostile import raw_exchange, request_bytes, status_of
 

@@ -37,12 +37,11 @@ from aiohttp.abc import AbstractAccessLogger
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 ACCESS_LOGGER = "analytics.access"
-# Stamped on each request by the first middleware (app.metrics.http_middleware): when it
-# reached the application (time.perf_counter(); aiohttp's own duration follows the loop's
-# clock, which under uvloop ticks in whole milliseconds) and its route pattern. A request
-# aiohttp refused before routing (malformed HTTP) has neither.
-REQUEST_STARTED = web.RequestKey("request_started", float)
-REQUEST_ROUTE = web.RequestKey("request_route", str)
+# Stamped on each request by the first middleware (app.metrics.http_middleware):
+# (when it reached the application, its route pattern). The time is time.perf_counter():
+# aiohttp's own duration follows the loop's clock, which under uvloop ticks in whole
+# milliseconds. A request aiohttp refused before routing (malformed HTTP) has no stamp.
+REQUEST_STAMP = web.RequestKey("request_stamp", tuple)
 UNMATCHED_ROUTE = "unmatched"  # no route pattern to name: a 404, a 405, malformed HTTP
 ACCESS_MESSAGE = "%s %s %s %.1fms"  # method, path, status, duration in ms
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -328,17 +327,21 @@ class AccessLogger(AbstractAccessLogger):
 
     def __init__(self, logger: logging.Logger, log_format: str) -> None:
         super().__init__(logger, log_format)
-        self._writer = _writer_of(logger)
+        writer = _writer_of(logger)
+        self._put = writer.queue.put if writer is not None else None
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         if not self.logger.isEnabledFor(logging.INFO):
             return
-        route = request.get(REQUEST_ROUTE, UNMATCHED_ROUTE)
-        began = request.get(REQUEST_STARTED)
-        ms = (_clock() - began) * 1000 if began is not None else time * 1000
+        stamp = request.get(REQUEST_STAMP)
+        if stamp is not None:
+            began, route = stamp
+            ms = (_clock() - began) * 1000
+        else:
+            route, ms = UNMATCHED_ROUTE, time * 1000
         entry = (_now(), request.method, route, request.path, response.status, ms)
-        if self._writer is not None:
-            self._writer.put_access(entry)
+        if self._put is not None:  # LogWriter.put_access, without the method call
+            self._put(entry)
         else:
             self.logger.handle(access_record(entry))
 

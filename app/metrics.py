@@ -28,7 +28,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from app.auth import check_bearer
-from app.logs import REQUEST_ROUTE, REQUEST_STARTED, UNMATCHED_ROUTE
+from app.logs import REQUEST_STAMP, UNMATCHED_ROUTE
 from ingest.writer import CommitStats
 from schema.events import EVENT_TYPES
 
@@ -199,8 +199,7 @@ def http_middleware(metrics: Metrics | None) -> Callable[..., Awaitable[web.Stre
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        began = request[REQUEST_STARTED] = time.perf_counter()
-        route = request[REQUEST_ROUTE] = route_of(request)
+        began, route = request[REQUEST_STAMP] = (time.perf_counter(), route_of(request))
         if metrics is None:
             return await handler(request)
         try:

@@ -76,7 +76,11 @@ def buckets(path: Path) -> tuple[collections.Counter[str], int]:
 def profile(kind: str, seconds: int) -> dict[str, object]:
     db = h.WORK / "profile.db"
     h.remove_db(db)
-    server = h.baseline("profile-baseline") if kind == "baseline" else h.service("profile", db)
+    server = (
+        h.baseline("profile-baseline")
+        if kind == "baseline"
+        else h.service("profile", db, access_log=True)  # the default configuration
+    )
     out = h.WORK / f"profile-{kind}.txt"
     with server:
         h.wrk(server.url + "/events", "post_event.lua", connections=64, threads=2, seconds=2)

@@ -4,8 +4,9 @@
 ``LogWriter`` thread takes whatever has queued up, formats every record and writes the
 lot with one flush. The access log does even less on the request path: ``AccessLogger``
 queues a tuple (time, method, route, path, status, duration), and the writer thread
-makes the log record from it. So the event loop never formats a line or waits on a
-write. ``LogWriter.stop()`` writes everything queued before it returns (nothing is lost
+formats it straight to its line (the line its LogRecord would give; a record is made
+only for a handler that needs one). So the event loop never formats a line or waits on
+a write. ``LogWriter.stop()`` writes everything queued before it returns (nothing is lost
 at shutdown) and hands the root logger back to a direct handler.
 
 Formats (``--log-format``):
@@ -249,8 +250,10 @@ class LogWriter:
                     continue
                 fast = getattr(handler.formatter, "format_access", None)
                 if isinstance(handler, _BatchStreamHandler) and fast and not handler.filters:
-                    # an access line is most lines: straight to text, no LogRecord
-                    handler.stream.write(fast(item) + handler.terminator)
+                    # an access line is most lines: straight to text, no LogRecord (the
+                    # lock: during stop() other threads may write through this handler)
+                    with handler.lock:  # type: ignore[union-attr]
+                        handler.stream.write(fast(item) + handler.terminator)
                 else:
                     record = record or access_record(item)
                     handler.handle(record)

@@ -15,7 +15,13 @@ Guarantees every backend gives (the same test suite checks them on each):
 - Every read is one snapshot: a count made of several statements cannot see half a commit,
   and concurrent reads never share a connection or a transaction.
 - ``recount_day`` repairs a day under the backend's write exclusion, so the result is
-  exact while ingestion goes on.
+  exact while ingestion goes on; it never touches a day before the retention horizon.
+- Every event has a **position** (``seq``): positions grow with every append, are never
+  given twice (not even after the newest events were erased) and become visible in order:
+  once a position is visible to a reader, every lower position that will ever be
+  committed already is. Export cursors are positions.
+- Erasure and retention are the only ways out of the log, each a series of bounded
+  transactions that are consistent on their own (``erase_step``, ``expire_step``).
 """
 
 from __future__ import annotations
@@ -48,6 +54,15 @@ class StorageIntegrityError(StorageError):
 
 class StorageUnavailableError(StorageError):
     """The database cannot be reached or opened (answer 503; readiness fails)."""
+
+
+class BeforeHorizonError(StorageError):
+    """The answer needs raw events from before the retention ``horizon`` (a timestamp
+    string), which retention deleted (answer 409, naming the horizon)."""
+
+    def __init__(self, horizon: str):
+        super().__init__(f"raw events before {horizon} were deleted by retention")
+        self.horizon = horizon
 
 
 @dataclass(frozen=True)
@@ -93,10 +108,62 @@ class DayRecount:
     quarters_differing: int = 0
     repaired: bool = False
     held_ms: float = 0.0  # how long a write transaction was held for the repair
+    frozen: bool = False  # before the retention horizon: left alone, nothing counted
 
     @property
     def differs(self) -> bool:
         return self.counted != self.stored or self.quarters_differing > 0
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """The audit record of one erasure or retention pass. Each step of the pass adds its
+    deletions to it in the step's own transaction; the step that finishes the pass sets
+    ``finished_at`` to ``at``. ``id`` None: the step creates the record."""
+
+    operation: str  # "erasure" or "retention"
+    started_at: str  # timestamp strings
+    at: str
+    user_id_sha256: str | None = None  # erasure: hex SHA-256 of the UTF-8 user_id, never the id
+    before: str | None = None  # retention: the events before this instant
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class LifecycleStep:
+    """What one bounded lifecycle transaction did: events deleted, whether the pass is
+    complete, the audit record's id, where the next step resumes (``expire_step``), and
+    how long the write exclusion was held (milliseconds)."""
+
+    deleted: int
+    done: bool
+    audit_id: int
+    resume: int = 0
+    held_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class ExportFilter:
+    """Which events an export streams: positions in ``(after, upto]`` whose type is one of
+    ``types`` and whose timestamp is in ``[lo, hi)`` (timestamp strings; None: unbounded)."""
+
+    types: tuple[str, ...]
+    upto: int
+    lo: str | None = None
+    hi: str | None = None
+
+
+# A log row with its position: (seq, event_id, user_id, event_type, timestamp, payload).
+ExportRow = tuple[int, str, str, str, str, str]
+
+
+@dataclass(frozen=True)
+class ExportPage:
+    """One page of an export, read in one snapshot: its rows in log order and the
+    position the next page starts after (``reached == upto``: the export is complete)."""
+
+    rows: list[ExportRow]
+    reached: int
 
 
 class Storage(Protocol):
@@ -131,7 +198,8 @@ class Storage(Protocol):
 
     async def count(self, plan: CountPlan, types: Iterable[str]) -> dict[tuple[int, str], int]:
         """``{(interval id, event_type): n}`` for the plan's intervals (absent: 0), all
-        parts read in one snapshot."""
+        parts read in one snapshot. Raises ``BeforeHorizonError`` when a log part starts
+        before the retention horizon (checked in the same snapshot)."""
 
     async def newest_bucket(self) -> int | None:
         """The start (Unix seconds) of the newest 15-minute bucket holding an event, or
@@ -139,6 +207,21 @@ class Storage(Protocol):
 
     async def ping(self) -> bool:
         """The database answers a trivial query."""
+
+    async def log_position(self) -> int:
+        """The position of the newest committed event, or of the newest ever deleted if
+        that is higher (0 for a log that never held one)."""
+
+    async def horizon(self) -> str | None:
+        """The retention horizon (a timestamp string), or None while retention never
+        deleted anything."""
+
+    async def export_page(self, spec: ExportFilter, after: int, limit: int) -> ExportPage:
+        """At most ``limit`` matching rows at positions after ``after``, in log order, in
+        one short snapshot (a page looks at a bounded number of positions, so a page of a
+        narrow filter may be empty without the export being complete). Raises
+        ``BeforeHorizonError`` when retention deleted an event the export would include
+        (``lo`` before the horizon and ``after`` before the newest expired position)."""
 
     # --- rollup maintenance ----------------------------------------------------------
 
@@ -149,4 +232,25 @@ class Storage(Protocol):
     async def recount_day(self, day: str, *, repair: bool) -> DayRecount:
         """Count ``day`` from the log and compare it with the rollup, in one snapshot;
         with ``repair``, a day that differs is recounted and rewritten under the write
-        exclusion, so no commit can interleave."""
+        exclusion, so no commit can interleave. A day before the retention horizon is
+        frozen: nothing is counted or written (``frozen``)."""
+
+    # --- data lifecycle (each step one transaction under the write exclusion) --------
+
+    async def erase_step(
+        self, user_id: str, *, upto: int, limit: int, audit: AuditEntry
+    ) -> LifecycleStep:
+        """Delete up to ``limit`` events of ``user_id`` at positions ``<= upto`` and
+        subtract each from every rollup, in one transaction with the audit update.
+        ``done`` when no such event is left."""
+
+    async def expire_step(
+        self, before: str, *, resume: int, limit: int, audit: AuditEntry
+    ) -> LifecycleStep:
+        """Retention: raise the horizon to ``before`` (a UTC day's first instant) and
+        delete up to ``limit`` events with a timestamp before it (positions after
+        ``resume``, 0 at first), in one transaction with the audit update; rollups are
+        kept. ``done`` when no event before ``before`` is left."""
+
+    async def oldest_timestamp(self) -> str | None:
+        """The timestamp of the oldest event in the log, or None when it is empty."""

@@ -37,9 +37,14 @@ import orjson
 from schema.events import EVENT_TYPES
 from schema.sqlite.migrate import migrate
 from schema.storage import (
+    AuditEntry,
+    BeforeHorizonError,
     CountPlan,
     DayRecount,
     EventRow,
+    ExportFilter,
+    ExportPage,
+    LifecycleStep,
     StorageBusyError,
     StorageError,
     StorageIntegrityError,
@@ -64,16 +69,23 @@ HIGHEST = "~"
 
 # --- writing -------------------------------------------------------------------------
 
-INSERT_EVENTS_SQL = (
-    "INSERT INTO events (event_id, user_id, event_type, timestamp, payload) VALUES (?, ?, ?, ?, ?)"
-)
-# The same rows as one JSON array ``[[event_id, user_id, event_type, timestamp, payload],
-# …]`` in one parameter (see _pack_rows).
-INSERT_PACKED_EVENTS_SQL = """
-INSERT INTO events (event_id, user_id, event_type, timestamp, payload)
-SELECT value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each(?)
+# Rows are numbered explicitly from the last seq on (see LAST_SEQ_SQL).
+INSERT_EVENTS_SQL = """
+INSERT INTO events (seq, event_id, user_id, event_type, timestamp, payload)
+VALUES (?, ?, ?, ?, ?, ?)
 """
-LAST_SEQ_SQL = "SELECT COALESCE(MAX(seq), 0) FROM events"
+# The same rows as one JSON array ``[[event_id, user_id, event_type, timestamp, payload],
+# …]`` in one parameter (see _pack_rows); the first parameter is the last seq.
+INSERT_PACKED_EVENTS_SQL = """
+INSERT INTO events (seq, event_id, user_id, event_type, timestamp, payload)
+SELECT ? + key + 1, value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each(?)
+"""
+# The highest seq ever used: SQLite would give the next row MAX(seq) + 1, which reuses
+# the seq of a newest row that erasure or retention deleted; log_state.seq_floor
+# remembers it (a seq is an export cursor: it must never name two events).
+LAST_SEQ_SQL = """
+SELECT MAX((SELECT COALESCE(MAX(seq), 0) FROM events), (SELECT seq_floor FROM log_state))
+"""
 # The rollup rows of the events this transaction appended (``seq`` above the last one
 # before it: one writer at a time, so they are exactly ours), read back while their pages
 # are hot. ``WHERE`` keeps SQLite's upsert parser unambiguous.
@@ -124,6 +136,12 @@ SELECT 2, r.key, (
       AND timestamp >= r.value->>0 AND timestamp < r.value->>1
 ) FROM json_each(?3) AS r
 """
+# The same, plus one row ``(HORIZON_ROW, 0, horizon)``: the retention horizon, read in the
+# counts' own snapshot.
+HORIZON_ROW = 3
+COUNT_PLAN_AND_HORIZON_SQL = (
+    COUNT_PLAN_SQL + f"UNION ALL\nSELECT {HORIZON_ROW}, 0, horizon FROM log_state\n"
+)
 NEWEST_BUCKET_SQL = "SELECT MAX(bucket) FROM quarter_hour_event_counts"
 
 # --- rollup maintenance --------------------------------------------------------------
@@ -160,6 +178,129 @@ ON CONFLICT (bucket, event_type) DO UPDATE SET count = excluded.count
 DELETE_QUARTER_SQL = "DELETE FROM quarter_hour_event_counts WHERE bucket = ? AND event_type = ?"
 
 BUSY_ATTEMPTS = 3  # a repair's attempts at the write lock, each waiting busy_timeout
+
+# --- data lifecycle: erasure, retention, export -----------------------------------------
+
+HORIZON_SQL = "SELECT horizon FROM log_state"
+# One descent of the (event_type, timestamp) index per type.
+OLDEST_TIMESTAMP_SQL = (
+    "SELECT MIN(t) FROM ("
+    + " UNION ALL ".join(
+        f"SELECT MIN(timestamp) AS t FROM events WHERE event_type = '{t}'" for t in EVENT_TYPES
+    )
+    + ")"
+)
+LIFECYCLE_STATE_SQL = "SELECT horizon, expired_seq FROM log_state"
+POSITION_SQL = LAST_SEQ_SQL
+# The log's events may leave it only while this row exists (the DELETE trigger's WHEN);
+# a lifecycle transaction inserts it first and deletes it before its COMMIT.
+GRANT_PERMIT_SQL = "INSERT INTO lifecycle_permit (id) VALUES (1)"
+REVOKE_PERMIT_SQL = "DELETE FROM lifecycle_permit"
+# Before deleting: no later append may reuse a seq this transaction could delete.
+RAISE_SEQ_FLOOR_SQL = (
+    "UPDATE log_state SET seq_floor = MAX(seq_floor, (SELECT COALESCE(MAX(seq), 0) FROM events))"
+)
+START_AUDIT_SQL = """
+INSERT INTO lifecycle_audit (operation, started_at, user_id_sha256, before) VALUES (?, ?, ?, ?)
+"""
+ADD_TO_AUDIT_SQL = """
+UPDATE lifecycle_audit SET events_deleted = events_deleted + ?,
+    finished_at = CASE WHEN ? THEN ? ELSE finished_at END
+WHERE id = ?
+"""
+
+# Erasure. The events to delete in this step, with what the rollups need to know, go
+# into temporary tables of the writer's connection (in memory, never seen by others).
+DOOMED_TABLES_SQL = (
+    "CREATE TEMP TABLE IF NOT EXISTS doomed"
+    " (seq INTEGER PRIMARY KEY, event_type TEXT NOT NULL, timestamp TEXT NOT NULL)",
+    "CREATE TEMP TABLE IF NOT EXISTS doomed_days (day TEXT NOT NULL, event_type TEXT NOT NULL,"
+    " n INTEGER NOT NULL, PRIMARY KEY (day, event_type)) WITHOUT ROWID",
+    "CREATE TEMP TABLE IF NOT EXISTS doomed_quarters (bucket INTEGER NOT NULL,"
+    " event_type TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (bucket, event_type))"
+    " WITHOUT ROWID",
+    "DELETE FROM temp.doomed",
+    "DELETE FROM temp.doomed_days",
+    "DELETE FROM temp.doomed_quarters",
+)
+# One seek of the ("events#day#user_id") index per day of the log, from its first day
+# to its last (a recursive CTE: no day list leaves SQLite).
+FIND_USER_EVENTS_SQL = """
+INSERT INTO temp.doomed (seq, event_type, timestamp)
+WITH RECURSIVE days (day) AS (
+    SELECT ? UNION ALL SELECT date(day, '+1 day') FROM days WHERE day < ?
+)
+SELECT e.seq, e.event_type, e.timestamp
+FROM days JOIN events AS e ON substr(e.timestamp, 1, 10) = days.day AND e.user_id = ?
+WHERE e.seq <= ?
+LIMIT ?
+"""
+DOOMED_BY_DAY_SQL = """
+INSERT INTO temp.doomed_days (day, event_type, n)
+SELECT substr(timestamp, 1, 10), event_type, COUNT(*) FROM temp.doomed GROUP BY 1, 2
+"""
+DOOMED_BY_QUARTER_SQL = f"""
+INSERT INTO temp.doomed_quarters (bucket, event_type, n)
+SELECT {BUCKET_OF_S}, event_type, COUNT(*) FROM (
+    SELECT {EPOCH_S_OF_TIMESTAMP} AS s, event_type FROM temp.doomed
+) WHERE true GROUP BY 1, 2
+"""
+# A rollup row the deletion empties goes (count > 0 holds); the others drop by n. A row
+# that already counted fewer than n (drift) goes too, and reconcile would recount it.
+# Every statement is driven by the doomed keys (a primary-key search each), never by a
+# scan of the rollup.
+SUBTRACT_SQL = (
+    """
+DELETE FROM daily_event_counts WHERE (day, event_type) IN (
+    SELECT c.day, c.event_type FROM temp.doomed_days AS x JOIN daily_event_counts AS c
+        ON c.day = x.day AND c.event_type = x.event_type WHERE c.count <= x.n)
+""",
+    """
+UPDATE daily_event_counts SET count = count - (
+    SELECT x.n FROM temp.doomed_days AS x
+    WHERE x.day = daily_event_counts.day AND x.event_type = daily_event_counts.event_type)
+WHERE (day, event_type) IN (SELECT day, event_type FROM temp.doomed_days)
+""",
+    """
+DELETE FROM quarter_hour_event_counts WHERE (bucket, event_type) IN (
+    SELECT c.bucket, c.event_type FROM temp.doomed_quarters AS x
+    JOIN quarter_hour_event_counts AS c ON c.bucket = x.bucket AND c.event_type = x.event_type
+    WHERE c.count <= x.n)
+""",
+    """
+UPDATE quarter_hour_event_counts SET count = count - (
+    SELECT x.n FROM temp.doomed_quarters AS x
+    WHERE x.bucket = quarter_hour_event_counts.bucket
+        AND x.event_type = quarter_hour_event_counts.event_type)
+WHERE (bucket, event_type) IN (SELECT bucket, event_type FROM temp.doomed_quarters)
+""",
+)
+DELETE_DOOMED_SQL = "DELETE FROM events WHERE seq IN (SELECT seq FROM temp.doomed)"
+
+# Retention: walk the table in seq order, ``limit`` rows per step, deleting the ones
+# before the horizon. Rows are appended in time order, so the expired ones are a prefix
+# and every page of the table and of its indexes is rewritten about once.
+SET_HORIZON_SQL = "UPDATE log_state SET horizon = ? WHERE horizon IS NULL OR horizon < ?"
+FIRST_SEQ_SQL = "SELECT MIN(seq) FROM events"
+WINDOW_END_SQL = "SELECT MAX(seq) FROM (SELECT seq FROM events WHERE seq > ? ORDER BY seq LIMIT ?)"
+EXPIRE_WINDOW_SQL = "DELETE FROM events WHERE seq > ? AND seq <= ? AND timestamp < ? RETURNING seq"
+RAISE_EXPIRED_SEQ_SQL = "UPDATE log_state SET expired_seq = MAX(expired_seq, ?)"
+
+# Export: one page in log order. NOT INDEXED: walk the table by seq (the order wanted),
+# filtering as it goes, rather than sort an index range.
+# The first row is the lifecycle state (horizon, newest expired seq), read in the page's
+# own snapshot.
+EXPORT_PAGE_SQL = """
+SELECT NULL, horizon, expired_seq, NULL, NULL, NULL FROM log_state
+UNION ALL
+SELECT * FROM (
+    SELECT seq, event_id, user_id, event_type, timestamp, payload FROM events NOT INDEXED
+    WHERE seq > ? AND seq <= ? AND event_type IN ({marks}) AND timestamp >= ? AND timestamp < ?
+    ORDER BY seq LIMIT ?
+)
+"""
+EXPORT_WINDOW = 50_000  # positions one page looks at, at most: its snapshot stays short
+CHECKPOINT_SQL = "PRAGMA wal_checkpoint(PASSIVE)"
 
 
 def _pack_rows(rows: Sequence[EventRow]) -> bytes | None:
@@ -421,7 +562,13 @@ class SQLiteStore:
             _distinct((i, lo, hi or HIGHEST, 1) for i, lo, hi in plan.log),
         ]
         args = [orjson.dumps(list(ranges)) for ranges in sources]
-        return _tally(await self._fetch(COUNT_PLAN_SQL, args), sources, wanted)
+        rows = await self._fetch(COUNT_PLAN_AND_HORIZON_SQL, args)
+        # The horizon comes from the same statement, so the same snapshot, as the counts.
+        horizon = next(totals for source, _, totals in rows if source == HORIZON_ROW)
+        if horizon is not None and any(lo < horizon for _, lo, _ in plan.log):
+            raise BeforeHorizonError(horizon)  # those raw events are gone: never undercount
+        counted = [row for row in rows if row[0] != HORIZON_ROW]
+        return _tally(counted, sources, wanted)
 
     async def newest_bucket(self) -> int | None:
         (newest,) = (await self._fetch(NEWEST_BUCKET_SQL))[0]
@@ -438,8 +585,60 @@ class SQLiteStore:
     async def recount_day(self, day: str, *, repair: bool) -> DayRecount:
         return await self._lane(self._maintenance).run(_recount_day, day, repair)
 
+    # --- data lifecycle --------------------------------------------------------------
+
+    async def log_position(self) -> int:
+        (position,) = (await self._fetch(POSITION_SQL))[0]
+        return int(position)
+
+    async def horizon(self) -> str | None:
+        (horizon,) = (await self._fetch(HORIZON_SQL))[0]
+        return horizon
+
+    async def oldest_timestamp(self) -> str | None:
+        (oldest,) = (await self._fetch(OLDEST_TIMESTAMP_SQL))[0]
+        return oldest
+
+    async def export_page(self, spec: ExportFilter, after: int, limit: int) -> ExportPage:
+        """One statement, so one short snapshot: the lifecycle state row, then the page."""
+        until = min(spec.upto, after + EXPORT_WINDOW)
+        sql = EXPORT_PAGE_SQL.format(marks=_marks(len(spec.types)))
+        args = (after, until, *spec.types, spec.lo or LOWEST, spec.hi or HIGHEST, limit)
+        state, *rows = await self._fetch(sql, args)
+        _, horizon, expired_seq, *_ = state
+        if horizon is not None and after < expired_seq and (spec.lo is None or spec.lo < horizon):
+            raise BeforeHorizonError(horizon)  # retention took rows this export wants
+        if after >= until:
+            return ExportPage([], max(after, spec.upto))
+        return ExportPage(rows, rows[-1][0] if len(rows) == limit else until)
+
+    async def erase_step(
+        self, user_id: str, *, upto: int, limit: int, audit: AuditEntry
+    ) -> LifecycleStep:
+        step = await self._lane(self._writer).run(_erase_step, user_id, upto, limit, audit)
+        await self._checkpoint()
+        return step
+
+    async def expire_step(
+        self, before: str, *, resume: int, limit: int, audit: AuditEntry
+    ) -> LifecycleStep:
+        step = await self._lane(self._writer).run(_expire_step, before, resume, limit, audit)
+        await self._checkpoint()
+        return step
+
+    async def _checkpoint(self) -> None:
+        """Copy the WAL into the database beside the writer, not on its thread: a
+        lifecycle step writes thousands of pages, and the writer's own automatic
+        checkpoint after its next commit would make ingestion wait for the copy. A
+        PASSIVE checkpoint never waits for the write lock."""
+        await self._lane(self._maintenance).run(_run, CHECKPOINT_SQL)
+
 
 # --- the functions that run on a lane's thread, on its connection ---------------------
+
+
+def _run(conn: sqlite3.Connection, sql: str) -> list[Any]:
+    return conn.execute(sql).fetchall()
 
 
 def _find_keys(conn: sqlite3.Connection, keys: list[str]) -> dict[str, StoredKey]:
@@ -465,9 +664,10 @@ def _append(
         if rows:
             (last_seq,) = conn.execute(LAST_SEQ_SQL).fetchone()
             if packed is not None:  # one statement, one parameter: see _pack_rows
-                conn.execute(INSERT_PACKED_EVENTS_SQL, (packed,))
+                conn.execute(INSERT_PACKED_EVENTS_SQL, (last_seq, packed))
             else:
-                conn.executemany(INSERT_EVENTS_SQL, rows)
+                numbered = [(last_seq + i, *row) for i, row in enumerate(rows, 1)]
+                conn.executemany(INSERT_EVENTS_SQL, numbered)
             conn.execute(ADD_TO_DAILY_SQL, (last_seq,))
             conn.execute(ADD_TO_QUARTERS_SQL, (last_seq,))
         new_keys = [group.key for group in groups if group.key]
@@ -515,15 +715,14 @@ def _days_to_check(conn: sqlite3.Connection, start: date | None, end: date | Non
     index probe each when recounted."""
     days: set[str] = set()
     strays: list[str] = []
-    first = last = None
-    for event_type in EVENT_TYPES:
-        (lo,) = conn.execute(FIRST_TIMESTAMP_SQL, (event_type,)).fetchone()
-        (hi,) = conn.execute(LAST_TIMESTAMP_SQL, (event_type,)).fetchone()
-        if lo is not None:
-            first = lo if first is None else min(first, lo)
-            last = hi if last is None else max(last, hi)
-    if first is not None and last is not None:
-        day, final = date.fromisoformat(first[:10]), date.fromisoformat(last[:10])
+    whole = start is None and end is None  # rollup keys that are not dates only then
+    (horizon,) = conn.execute(HORIZON_SQL).fetchone()
+    if horizon is not None:  # days before it are frozen: never listed
+        live_from = date.fromisoformat(horizon[:10])
+        start = live_from if start is None else max(start, live_from)
+    span = _log_span(conn)
+    if span is not None:
+        day, final = date.fromisoformat(span[0][:10]), date.fromisoformat(span[1][:10])
         if start is not None:
             day = max(day, start)
         if end is not None:
@@ -540,7 +739,7 @@ def _days_to_check(conn: sqlite3.Connection, start: date | None, end: date | Non
     for (key,) in conn.execute(ROLLUP_DAYS_SQL):
         parsed = parse_day(key)
         if parsed is None:
-            if start is None and end is None:
+            if whole:
                 strays.append(key)
         elif (start is None or parsed >= start) and (end is None or parsed <= end):
             days.add(key)
@@ -554,6 +753,8 @@ def _recount_day(conn: sqlite3.Connection, day: str, repair: bool) -> DayRecount
     warm, so ingestion waits for a warm count, never a cold one."""
     parsed = parse_day(day)
     look = _snapshot(_count_and_read)(conn, day, parsed)
+    if look is None:
+        return DayRecount(day, {}, {}, frozen=True)
     if not look.differs or not repair:
         return look.result(day)
 
@@ -568,13 +769,17 @@ def _recount_day(conn: sqlite3.Connection, day: str, repair: bool) -> DayRecount
     began = time.perf_counter()
     try:
         look = _count_and_read(conn, day, parsed)  # exact: no commit can interleave
-        look.repair(conn, day)
+        if look is not None:  # (None: retention froze the day meanwhile)
+            look.repair(conn, day)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    return look.result(day, repaired=look.differs, held_ms=(time.perf_counter() - began) * 1000)
+    held_ms = (time.perf_counter() - began) * 1000
+    if look is None:
+        return DayRecount(day, {}, {}, frozen=True, held_ms=held_ms)
+    return look.result(day, repaired=look.differs, held_ms=held_ms)
 
 
 @dataclass
@@ -639,9 +844,14 @@ def _rewrite(
         conn.executemany(set_sql, fixed)
 
 
-def _count_and_read(conn: sqlite3.Connection, day: str, parsed: date | None) -> _DayLook:
-    """The day's rollup rows and the log's counts, in the caller's transaction. A day key
-    that is not a real date has no events: its rows are all stray."""
+def _count_and_read(conn: sqlite3.Connection, day: str, parsed: date | None) -> _DayLook | None:
+    """The day's rollup rows and the log's counts, in the caller's transaction; None for a
+    day before the retention horizon (frozen: its raw events are gone). A day key that is
+    not a real date has no events: its rows are all stray."""
+    if parsed is not None:
+        (horizon,) = conn.execute(HORIZON_SQL).fetchone()
+        if horizon is not None and day < horizon[:10]:
+            return None
     stored = dict(conn.execute(DAILY_OF_DAY_SQL, (day,)).fetchall())
     if parsed is None:
         return _DayLook({}, stored, {}, {})
@@ -662,3 +872,109 @@ def _count_and_read(conn: sqlite3.Connection, day: str, parsed: date | None) -> 
         for bucket, event_type, n in conn.execute(QUARTERS_OF_DAY_SQL, (first_s, first_s + 86400))
     }
     return _DayLook(counted, stored, counted_quarters, stored_quarters)
+
+
+# --- data lifecycle ------------------------------------------------------------------
+
+
+@contextmanager
+def _lifecycle_transaction(conn: sqlite3.Connection) -> Iterator[list[float]]:
+    """A write transaction that may delete from the log: the permit row is inserted first
+    and deleted before COMMIT, so it is never committed and no other connection ever sees
+    it (one writer at a time; readers see committed data only). Yields a list that
+    receives how long the write lock was held (ms). The WAL is not checkpointed on this
+    thread (see ``SQLiteStore._checkpoint``)."""
+    held: list[float] = []
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    try:
+        with _write_transaction(conn):
+            began = time.perf_counter()
+            conn.execute(GRANT_PERMIT_SQL)
+            yield held
+            conn.execute(REVOKE_PERMIT_SQL)
+        held.append((time.perf_counter() - began) * 1000)
+    finally:
+        conn.execute("PRAGMA wal_autocheckpoint = 1000")  # SQLite's default
+
+
+def _audit(conn: sqlite3.Connection, audit: AuditEntry, deleted: int, done: bool) -> int:
+    """Add this step's deletions to the pass's audit record (created by its first step)."""
+    audit_id = audit.id
+    if audit_id is None:
+        cursor = conn.execute(
+            START_AUDIT_SQL,
+            (audit.operation, audit.started_at, audit.user_id_sha256, audit.before),
+        )
+        audit_id = int(cursor.lastrowid or 0)
+    conn.execute(ADD_TO_AUDIT_SQL, (deleted, done, audit.at, audit_id))
+    return audit_id
+
+
+def _log_span(conn: sqlite3.Connection) -> tuple[str, str] | None:
+    """The first and last timestamp of the log (two index descents per type)."""
+    first = last = None
+    for event_type in EVENT_TYPES:
+        (lo,) = conn.execute(FIRST_TIMESTAMP_SQL, (event_type,)).fetchone()
+        (hi,) = conn.execute(LAST_TIMESTAMP_SQL, (event_type,)).fetchone()
+        if lo is not None:
+            first = lo if first is None else min(first, lo)
+            last = hi if last is None else max(last, hi)
+    return (first, last) if first is not None and last is not None else None
+
+
+def _oldest_timestamp(conn: sqlite3.Connection) -> str | None:
+    span = _log_span(conn)
+    return span[0] if span else None
+
+
+def _erase_step(
+    conn: sqlite3.Connection, user_id: str, upto: int, limit: int, audit: AuditEntry
+) -> LifecycleStep:
+    """Up to ``limit`` of the user's events (seq <= ``upto``) leave the log, and their
+    counts leave both rollups, in one transaction."""
+    with _lifecycle_transaction(conn) as held:
+        for sql in DOOMED_TABLES_SQL:
+            conn.execute(sql)
+        span = _log_span(conn)
+        found = 0
+        if span is not None:
+            first, last = span[0][:10], span[1][:10]
+            found = conn.execute(FIND_USER_EVENTS_SQL, (first, last, user_id, upto, limit)).rowcount
+        if found:
+            conn.execute(RAISE_SEQ_FLOOR_SQL)
+            conn.execute(DOOMED_BY_DAY_SQL)
+            conn.execute(DOOMED_BY_QUARTER_SQL)
+            for sql in SUBTRACT_SQL:
+                conn.execute(sql)
+            deleted = conn.execute(DELETE_DOOMED_SQL).rowcount
+            assert deleted == found, (deleted, found)
+        done = found < limit
+        audit_id = _audit(conn, audit, found, done)
+    return LifecycleStep(found, done, audit_id, held_ms=held[0])
+
+
+def _expire_step(
+    conn: sqlite3.Connection, before: str, resume: int, limit: int, audit: AuditEntry
+) -> LifecycleStep:
+    """The next ``limit`` rows of the table after ``resume`` are looked at and those
+    before ``before`` deleted; the horizon moves to ``before`` first, in the same
+    transaction, so no reader ever sees a deleted event without the horizon that
+    explains it."""
+    with _lifecycle_transaction(conn) as held:
+        conn.execute(SET_HORIZON_SQL, (before, before))
+        conn.execute(RAISE_SEQ_FLOOR_SQL)
+        if not resume:
+            (first,) = conn.execute(FIRST_SEQ_SQL).fetchone()
+            resume = (first or 1) - 1
+        (until,) = conn.execute(WINDOW_END_SQL, (resume, limit)).fetchone()
+        deleted = 0
+        if until is not None:
+            seqs = conn.execute(EXPIRE_WINDOW_SQL, (resume, until, before)).fetchall()
+            deleted = len(seqs)
+            if seqs:
+                conn.execute(RAISE_EXPIRED_SEQ_SQL, (max(seq for (seq,) in seqs),))
+            resume = until
+        oldest = _oldest_timestamp(conn)
+        done = until is None or oldest is None or oldest >= before
+        audit_id = _audit(conn, audit, deleted, done)
+    return LifecycleStep(deleted, done, audit_id, resume=resume, held_ms=held[0])

@@ -4,6 +4,9 @@ python -m app serve     [--db PATH] [--host H] [--port P] …
 python -m app migrate   [--db PATH]
 python -m app rebuild   [--db PATH] [--start D] [--end D] [--dry-run] [--json]
 python -m app reconcile [--db PATH] [--dry-run] [--json]
+python -m app erase     --user-id ID [--db PATH]
+python -m app export    [--format ndjson|csv] [filters] [--after CURSOR] [--db PATH]
+python -m app retention --before YYYY-MM-DD [--db PATH] [--json]
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import sys
 from aiohttp import web
 
 from app import config as settings
-from app import logs, server
+from app import lifecycle_cli, logs, server
 from app.config import Config
 from app.factory import create_app
 from rollup import cli as rollup_cli
@@ -60,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     migrate_cmd = commands.add_parser("migrate", help="create or upgrade the database, then exit")
     settings.add_arguments(migrate_cmd, ("db", "log_level", "log_format"))
     rollup_cli.add_commands(commands)
+    lifecycle_cli.add_commands(commands)
     args = parser.parse_args(argv)
     config = settings.load(args)
     log_setup = logs.configure(config.log_level, config.log_format)
@@ -75,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{config.db}: schema version {version}")
         elif args.command in rollup_cli.COMMANDS:
             return rollup_cli.run(args, config)
+        elif args.command in lifecycle_cli.COMMANDS:
+            return lifecycle_cli.run(args, config)
         return 0
     finally:
         log_setup.stop()  # every queued line is written before the process exits

@@ -104,6 +104,12 @@ SETTINGS: tuple[Setting, ...] = (
         "minutes between rollup reconciliations; 0 disables",
     ),
     Setting(
+        "retention_days",
+        0,
+        parse_int,
+        "delete raw events older than this many whole UTC days (rollups are kept); 0 keeps all",
+    ),
+    Setting(
         "queue_max_events", 20_000, parse_int, "events that may wait for the writer before 503"
     ),
     Setting(
@@ -143,6 +149,7 @@ class Config:
     admin_token: str = ""
     cors_origins: tuple[str, ...] = ()
     reconcile_minutes: float = 10.0
+    retention_days: int = 0
     queue_max_events: int = 20_000
     commit_max_events: int = 5_000
     busy_timeout_ms: int = 5_000
@@ -166,6 +173,8 @@ class Config:
             raise ValueError(
                 "queue_max_events, commit_max_events and read_connections must be positive"
             )
+        if self.retention_days < 0:
+            raise ValueError("retention_days must be 0 (keep everything) or a number of days")
         for name in ("reconcile_minutes", "idempotency_hours", "busy_timeout_ms", "body_timeout_s"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:

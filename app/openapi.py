@@ -26,6 +26,7 @@ from schema.events import (
     Accepted,
     BatchAccepted,
     ClickEvent,
+    ErasureRequest,
     EventBatch,
     LocationEvent,
     ViewEvent,
@@ -158,8 +159,28 @@ class RollupStatus(BaseModel):
     reconcile_minutes: float
     next_run_at: str | None = None
     running: bool
-    last_report: dict[str, Any] | None = None
+    last_report: dict[str, Any] | None = Field(
+        default=None, description="of the last pass: reconcile, rebuild, retention or erasure"
+    )
     last_error: dict[str, Any] | None = None
+    retention_days: int = Field(ge=0, description="0: retention is off")
+    next_retention_at: str | None = None
+    horizon: str | None = Field(
+        default=None,
+        description=(
+            "the oldest instant the raw log still covers (retention deleted the events "
+            "before it; their rollups are kept and frozen); null: nothing was deleted"
+        ),
+    )
+
+
+class Erased(BaseModel):
+    """The answer to an erasure."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: str
+    events_deleted: Count = Field(description="0 when repeated")
+    erased_at: str = Field(description="UTC timestamp of the erasure's last transaction")
 
 
 class RollupOptions(BaseModel):
@@ -188,6 +209,8 @@ _MODELS: list[tuple[type[BaseModel], str]] = [
     (RollupReport, "serialization"),
     (RollupStatus, "serialization"),
     (RollupOptions, "validation"),
+    (ErasureRequest, "validation"),
+    (Erased, "serialization"),
 ]
 
 
@@ -280,6 +303,20 @@ IDEMPOTENCY_KEY = {
     ),
     "schema": {"type": "string", "pattern": r"^[\x21-\x7e]{1,255}$"},
 }
+EXPORT_FORMAT = {
+    "name": "format",
+    "in": "query",
+    "required": False,
+    "description": "`ndjson` (default) or `csv`.",
+    "schema": {"type": "string", "enum": ["ndjson", "csv"], "default": "ndjson"},
+}
+AFTER = {
+    "name": "after",
+    "in": "query",
+    "required": False,
+    "description": "A cursor from an earlier export: continue after it.",
+    "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+}
 NAME = {
     "name": "name",
     "in": "path",
@@ -303,6 +340,8 @@ _PROBLEM_TEXT = {
     404: "Not found",
     405: "Method not allowed (see `Allow`)",
     408: "The request body did not arrive in time",
+    409: "Needs raw events from before the retention horizon (named in `detail`), which "
+    "retention deleted",
     413: "The body is too large",
     415: "Unsupported Content-Type or charset",
     422: "The Idempotency-Key was already used with a different body",
@@ -412,14 +451,14 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "summary": "Exact number of events",
         "description": "Unknown or repeated parameters are a 400.",
         "parameters": [EVENT_TYPE, START, END, TZ],
-        "responses": _responses((200, _json("The count", "EventCounts")), 400),
+        "responses": _responses((200, _json("The count", "EventCounts")), 400, 409),
     },
     ("GET", "/analytics/event-counts-by-type"): {
         "tags": ["analytics"],
         "summary": "Exact number of events per type",
         "description": "An `event_type` parameter here is an unknown parameter: 400.",
         "parameters": [START, END, TZ],
-        "responses": _responses((200, _json("Counts per type", "EventCountsByType")), 400),
+        "responses": _responses((200, _json("Counts per type", "EventCountsByType")), 400, 409),
     },
     ("GET", "/analytics/event-counts-by-day"): {
         "tags": ["analytics"],
@@ -430,7 +469,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             "the newest day that has events. At most 3,660 days."
         ),
         "parameters": [EVENT_TYPE, START, END, TZ],
-        "responses": _responses((200, _json("Counts per day", "EventCountsByDay")), 400),
+        "responses": _responses((200, _json("Counts per day", "EventCountsByDay")), 400, 409),
     },
     ("GET", "/analytics/timeseries"): {
         "tags": ["analytics"],
@@ -442,7 +481,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             "buckets, each with its own offset. More than 10,000 buckets is a 400."
         ),
         "parameters": [INTERVAL, EVENT_TYPE, START, END, TZ],
-        "responses": _responses((200, _json("The series", "TimeSeries")), 400),
+        "responses": _responses((200, _json("The series", "TimeSeries")), 400, 409),
     },
     ("GET", "/healthz"): {
         "tags": ["operations"],
@@ -481,9 +520,60 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ),
     ("GET", "/admin/rollups/status"): {
         "tags": ["admin"],
-        "summary": "The last report and the next scheduled run",
+        "summary": "The last report, the next scheduled runs and the retention horizon",
         "security": [{"adminToken": []}],
         "responses": _responses((200, _json("Status", "RollupStatus")), 401, 403),
+    },
+    ("POST", "/admin/erasures"): {
+        "tags": ["admin"],
+        "summary": "Erase every event of one user from the log and the rollups",
+        "description": (
+            "Each event leaves the log and every rollup in the same transaction (many "
+            "events: bounded transactions, each consistent). Repeating it deletes 0. An "
+            "audit record keeps when, how many and a SHA-256 of the user_id, never the id."
+        ),
+        "security": [{"adminToken": []}],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _ref("ErasureRequest")}},
+        },
+        "responses": _responses((200, _json("Erased", "Erased")), *_ADMIN_PROBLEMS),
+    },
+    ("GET", "/admin/export"): {
+        "tags": ["admin"],
+        "summary": "Stream the log's events as NDJSON or CSV, in log order",
+        "description": (
+            "Every matching event committed before the export began, after the `after` "
+            "cursor, one per line: `{event_id, user_id, event_type, timestamp, payload}` "
+            "(CSV: those columns with a header row, RFC 4180, payload as JSON text). The "
+            '`X-Export-Cursor` header and, for NDJSON, a last line `{"cursor", '
+            '"events"}` give the cursor to continue from: no overlap, no gap. A range '
+            "whose raw events retention deleted is a 409."
+        ),
+        "security": [{"adminToken": []}],
+        "parameters": [EXPORT_FORMAT, AFTER, EVENT_TYPE, START, END, TZ],
+        "responses": _responses(
+            (
+                200,
+                {
+                    "description": "The events, streamed (chunked)",
+                    "headers": {
+                        "X-Export-Cursor": {
+                            "description": "pass as `after` to continue after this export",
+                            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                        }
+                    },
+                    "content": {
+                        "application/x-ndjson": {"schema": {"type": "string"}},
+                        "text/csv": {"schema": {"type": "string"}},
+                    },
+                },
+            ),
+            400,
+            401,
+            403,
+            409,
+        ),
     },
     ("GET", "/openapi.json"): {
         "tags": ["documentation"],

@@ -22,8 +22,8 @@ from query.zones import (
     next_day_start,
 )
 from schema.events import EVENT_TYPES
-from schema.storage import Storage
-from schema.timestamps import now
+from schema.storage import BeforeHorizonError, Storage
+from schema.timestamps import format_ts, now
 
 DEFAULT_DAYS = 30
 MAX_DAYS = 3660  # ten years of daily rows in one answer
@@ -39,9 +39,32 @@ def _json(body: object) -> web.Response:
 
 
 async def _count(
-    store: Storage, intervals: Sequence[Interval], types: Sequence[str]
+    store: Storage, intervals: Sequence[Interval], types: Sequence[str], query: Query
 ) -> dict[tuple[int, str], int]:
-    return await store.count(plan_intervals(intervals), types)
+    try:
+        return await store.count(plan_intervals(intervals), types)
+    except BeforeHorizonError as exc:
+        raise _before_horizon(exc.horizon, query) from None
+
+
+def _before_horizon(horizon: str, query: Query) -> Problem:
+    """409: a date-time bound cuts a 15-minute bucket whose raw events retention deleted;
+    the rollups hold only whole buckets there, and a smaller number would be wrong."""
+    fields = [
+        name
+        for name, bound in (("start_date", query.start), ("end_date", query.end))
+        if bound is not None and bound.at is not None and format_ts(bound.at) < horizon
+    ] or ["start_date"]
+    message = (
+        f"cuts a 15-minute bucket before the retention horizon {horizon}: "
+        "use whole 15-minute buckets (or days) there, or an instant at or after the horizon"
+    )
+    return Problem(
+        409,
+        f"raw events before the retention horizon {horizon} were deleted; the rollups kept "
+        "only whole 15-minute buckets of that time, so this question has no exact answer",
+        [{"field": name, "message": message} for name in fields],
+    )
 
 
 async def event_counts(request: web.Request) -> web.Response:
@@ -50,7 +73,7 @@ async def event_counts(request: web.Request) -> web.Response:
     span = query.span()
     if span is None:
         return _json({"total_events": 0})
-    counts = await _count(request.app[STORE], [span], query.types)
+    counts = await _count(request.app[STORE], [span], query.types, query)
     return _json({"total_events": sum(counts.values())})
 
 
@@ -58,7 +81,7 @@ async def event_counts_by_type(request: web.Request) -> web.Response:
     """``{"view": n, …}`` for a range; types without events are left out."""
     query = parse_query(request.query, _RANGE)
     span = query.span()
-    counts = await _count(request.app[STORE], [span], EVENT_TYPES) if span else {}
+    counts = await _count(request.app[STORE], [span], EVENT_TYPES, query) if span else {}
     return _json({t: counts[(0, t)] for t in EVENT_TYPES if counts.get((0, t))})
 
 
@@ -80,7 +103,7 @@ async def event_counts_by_day(request: web.Request) -> web.Response:
         )
     days = [date.fromordinal(n) for n in range(first.toordinal(), last.toordinal() + 1)]
     intervals = [_cut(span, day_start(d, query.zone), next_day_start(d, query.zone)) for d in days]
-    counts = await _count(store, intervals, query.types)
+    counts = await _count(store, intervals, query.types, query)
     return _json(
         {
             "days": [
@@ -98,7 +121,7 @@ async def timeseries(request: web.Request) -> web.Response:
     query = parse_query(request.query, ("interval", "event_type", *_RANGE))
     assert query.interval is not None
     buckets = _buckets(query)
-    counts = await _count(request.app[STORE], [(b.lo, b.hi) for b in buckets], query.types)
+    counts = await _count(request.app[STORE], [(b.lo, b.hi) for b in buckets], query.types, query)
     return _json(
         {
             "interval": query.interval,
@@ -144,7 +167,7 @@ async def _listed_days(store: Storage, query: Query, span: Interval) -> tuple[da
     today = local_date(now(), zone)
     first = _days_before(today, DEFAULT_DAYS)
     recent = await _count(
-        store, [(day_start(first, zone), next_day_start(today, zone))], EVENT_TYPES
+        store, [(day_start(first, zone), next_day_start(today, zone))], EVENT_TYPES, query
     )
     if not any(recent.values()):
         newest = await store.newest_bucket()

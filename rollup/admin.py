@@ -1,8 +1,10 @@
-"""The admin HTTP API for the rollup lifecycle:
+"""The admin HTTP API for the rollup and data lifecycle:
 
     POST /admin/rollups/rebuild     {"start_date": "2025-05-01", "end_date": "…", "dry_run": false}
     POST /admin/rollups/reconcile   same optional body
-    GET  /admin/rollups/status      last report, next scheduled run
+    GET  /admin/rollups/status      last report, next scheduled runs, retention horizon
+    POST /admin/erasures            {"user_id": "…"}: erase every event of that user
+    GET  /admin/export              the log as NDJSON or CSV (``query.export``)
 
 Every route needs ``Authorization: Bearer <admin_token>``. With no token configured the
 admin API is off (403); a missing or wrong token is a 401 with ``WWW-Authenticate``.
@@ -10,7 +12,7 @@ admin API is off (403); a missing or wrong token is a 401 with ``WWW-Authenticat
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import date
 from typing import Any
 
@@ -22,8 +24,10 @@ from app.bodies import read_body
 from app.config import Config
 from app.keys import METRICS, RUNNER, STORE
 from app.problems import Problem, bad_request
+from query import export
 from rollup.service import RollupRunner, RunnerClosedError
 from schema import strict_json
+from schema.events import ErasureRequest
 from schema.storage import StorageBusyError
 from schema.timestamps import parse_day
 
@@ -118,8 +122,51 @@ async def reconcile(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    """The last report (of any pass in this process) and the next scheduled run."""
-    return _json(_authorize(request).status())
+    """The last report (of any pass in this process), the next scheduled runs and the
+    retention horizon."""
+    return _json(await _authorize(request).status())
+
+
+async def erase(request: web.Request) -> web.Response:
+    """Erase every event of a user from the log and the rollups: 200 ``{"user_id",
+    "events_deleted", "erased_at"}``; repeating it deletes 0."""
+    runner = _authorize(request)
+    if request.query:
+        raise bad_request(
+            [{"field": name, "message": "is not a known parameter"} for name in request.query]
+        )
+    raw = await read_body(request, MAX_BODY_BYTES)
+    if request.content_type != "application/json":
+        raise Problem(415, "the body must be application/json")
+    try:
+        body: Any = strict_json.loads(raw)  # {"user_id": "a", "user_id": "b"}: whose? a 400
+    except strict_json.JSONDecodeError:
+        raise bad_request([{"field": "body", "message": "is not valid JSON"}]) from None
+    except strict_json.RepeatedKeyError as exc:
+        raise bad_request(exc.errors) from None
+    if not isinstance(body, dict):
+        raise bad_request([{"field": "body", "message": "must be a JSON object"}])
+    user_id = ErasureRequest.model_validate(body).user_id  # ValidationError: a 400
+    try:
+        result = await runner.erase(user_id)
+    except RunnerClosedError:
+        raise Problem(503, "the service is shutting down", headers=_RETRY) from None
+    except StorageBusyError as exc:
+        raise Problem(503, "the database is busy; retry shortly", headers=_RETRY) from exc
+    return _json(result.to_dict())
+
+
+def _admin_only(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """``handler`` behind the admin token (for handlers that live outside this module)."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        _authorize(request)
+        return await handler(request)
+
+    guarded.__doc__ = handler.__doc__
+    return guarded
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -134,11 +181,19 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 def setup(app: web.Application, config: Config) -> None:
-    """Add the rollup runner (it counts repaired days in ``app[METRICS]``), its scheduler
-    (a cleanup_ctx; add it after the storage one so it stops first) and the
-    ``/admin/rollups/*`` routes."""
-    app[RUNNER] = RollupRunner(config, on_repaired=app[METRICS].rollup_repaired)
+    """Add the rollup runner (it counts repaired days, erased and expired events in
+    ``app[METRICS]``), its scheduler (a cleanup_ctx; add it after the storage one so it
+    stops first), the ``/admin/rollups/*`` routes and the data lifecycle's routes."""
+    metrics = app[METRICS]
+    app[RUNNER] = RollupRunner(
+        config,
+        on_repaired=metrics.rollup_repaired,
+        on_erased=metrics.erased,
+        on_expired=metrics.retention_deleted,
+    )
     app.cleanup_ctx.append(_lifecycle)
     app.router.add_post("/admin/rollups/rebuild", rebuild)
     app.router.add_post("/admin/rollups/reconcile", reconcile)
     app.router.add_get("/admin/rollups/status", status)
+    app.router.add_post("/admin/erasures", erase)
+    app.router.add_get("/admin/export", _admin_only(export.export))

@@ -267,3 +267,11 @@ class BatchAccepted(BaseModel):
 
     accepted: int
     events: list[Accepted]
+
+
+class ErasureRequest(BaseModel):
+    """``POST /admin/erasures``: whose events to erase (the same rules as an event's)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    user_id: UserId

@@ -349,6 +349,9 @@ async def test_scheduler_is_off_when_interval_is_zero(admin_client):
         "running": False,
         "last_report": None,
         "last_error": None,
+        "retention_days": 0,
+        "next_retention_at": None,
+        "horizon": None,
     }
 
 

@@ -12,7 +12,7 @@ from aiohttp import web
 from app.keys import STORE
 from app.problems import Problem, bad_request
 from query.params import Query, parse_query
-from query.plan import Interval, plan_intervals
+from query.plan import QUARTER_S, Interval, plan_intervals, seconds
 from query.zones import (
     Bucket,
     calendar_buckets,
@@ -50,10 +50,13 @@ async def _count(
 def _before_horizon(horizon: str, query: Query) -> Problem:
     """409: a date-time bound cuts a 15-minute bucket whose raw events retention deleted;
     the rollups hold only whole buckets there, and a smaller number would be wrong."""
+    span = query.span() or (None, None)
     fields = [
         name
-        for name, bound in (("start_date", query.start), ("end_date", query.end))
-        if bound is not None and bound.at is not None and format_ts(bound.at) < horizon
+        for name, edge in zip(("start_date", "end_date"), span, strict=True)
+        if edge is not None
+        and seconds(edge) % QUARTER_S + edge.microsecond
+        and format_ts(edge) < horizon
     ] or ["start_date"]
     message = (
         f"cuts a 15-minute bucket before the retention horizon {horizon}: "

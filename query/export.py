@@ -82,8 +82,10 @@ def parse_export(params: MultiMapping[str]) -> ExportRequest:
     """Validate the export's query string; a 400 lists every problem (unknown, repeated
     or malformed parameters, as for the analytics endpoints)."""
     errors: list[dict[str, str]] = []
-    fmt = _single(params, "format") or "ndjson"
-    if fmt not in FORMATS:
+    fmt = _single(params, "format")
+    if fmt is None:
+        fmt = "ndjson"
+    elif fmt not in FORMATS:
         errors.append({"field": "format", "message": "must be ndjson or csv"})
     after = 0
     cursor = _single(params, "after")

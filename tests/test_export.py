@@ -193,6 +193,8 @@ async def test_erased_events_are_not_exported(admin):
     ("query", "fields"),
     [
         ("format=xml", ["format"]),
+        ("format=", ["format"]),
+        ("format=CSV", ["format"]),
         ("format=csv&format=ndjson", ["format"]),
         ("after=abc", ["after"]),
         ("after=-1", ["after"]),

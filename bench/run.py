@@ -18,6 +18,7 @@ Sections (each writes ``bench/results/<section>.json``):
 - queries: p50/p99 of each analytics query over HTTP on 1M (and 10M) events, and the
   same answers by ``COUNT(*)`` on the log, so the rollup speed-up is measured.
 - rebuild: ``python -m app rebuild`` of all rollups from the largest database.
+- export, erasure, retention, user_index: the data lifecycle (``bench/lifecycle.py``).
 - report: the table (stdout, ``bench/results/table.md``) and the PNG plots.
 
 Settings: BENCH_SIZES, BENCH_DURATION (s per measured wrk run), BENCH_WARMUP,
@@ -47,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dashboard
 import harness as h
+import lifecycle
 import report
 
 # The generated data: one calendar year, fixed seed, so every size is reproducible.
@@ -684,6 +686,7 @@ SECTIONS = {
     "batch": bench_batch,
     "queries": bench_queries,
     "rebuild": bench_rebuild,
+    **lifecycle.SECTIONS,  # export, erasure, retention, user_index (bench/lifecycle.py)
 }
 
 

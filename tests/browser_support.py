@@ -50,6 +50,7 @@ class LiveServer:
 
     port: int
     config: Config
+    app: web.Application
     seen: list[Seen] = field(default_factory=list)
     faults: list[str] = field(default_factory=list)
 
@@ -122,7 +123,7 @@ def _recorder(server: LiveServer):
 
 @asynccontextmanager
 async def live_server(
-    tmp_path: Path, *, allow_localhost_origin: bool = False
+    tmp_path: Path, *, allow_localhost_origin: bool = False, admin_token: str = ""
 ) -> AsyncIterator[LiveServer]:
     """The real app on a free port of 127.0.0.1 with a temp database.
 
@@ -137,9 +138,10 @@ async def live_server(
         reconcile_minutes=0,
         access_log=False,
         cors_origins=(f"http://localhost:{port}",) if allow_localhost_origin else (),
+        admin_token=admin_token,
     )
-    server = LiveServer(port=port, config=config)
     app = create_app(config)
+    server = LiveServer(port=port, config=config, app=app)
     app.middlewares.insert(0, _recorder(server))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -32,9 +32,11 @@ those five columns and a header row; ``payload`` is the stored JSON text.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import logging
+import operator
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -146,15 +148,24 @@ async def chunks(
     line. Raises ``BeforeHorizonError`` if retention takes rows of a later page."""
     render = _ndjson if fmt == "ndjson" else _csv
     if fmt == "csv":
-        yield _csv([COLUMNS])
+        yield _csv([("", *COLUMNS)])
     page, events = first, 0
     while True:
-        if page.rows:
-            events += len(page.rows)
-            yield render(page.rows)
-        if page.reached >= spec.upto:
+        # The next page is read (on a reader thread) while this one is rendered and sent.
+        following = None
+        if page.reached < spec.upto:
+            following = asyncio.ensure_future(store.export_page(spec, page.reached, PAGE_EVENTS))
+        try:
+            if page.rows:
+                events += len(page.rows)
+                yield render(page.rows)
+        except BaseException:  # the consumer stopped early: the read is not needed
+            if following is not None:
+                following.cancel()
+            raise
+        if following is None:
             break
-        page = await store.export_page(spec, page.reached, PAGE_EVENTS)
+        page = await following
     if fmt == "ndjson":
         yield orjson.dumps({"cursor": str(spec.upto), "events": events}) + b"\n"
 
@@ -171,10 +182,14 @@ def _ndjson(rows: list[ExportRow]) -> bytes:
 
 
 def _csv(rows: list[ExportRow] | list[tuple[str, ...]]) -> bytes:
+    """Rows without their first column (the position), RFC 4180 ("excel" dialect: CRLF
+    line ends, a field with a comma, quote or line break quoted, quotes doubled)."""
     out = io.StringIO()
-    writer = csv.writer(out)  # RFC 4180: "excel" dialect, CRLF, minimal quoting
-    writer.writerows(row[-5:] for row in rows)
+    csv.writer(out).writerows(map(_WITHOUT_POSITION, rows))
     return out.getvalue().encode()
+
+
+_WITHOUT_POSITION = operator.itemgetter(1, 2, 3, 4, 5)
 
 
 def _headers(fmt: str, cursor: int) -> Mapping[str, str]:

@@ -3,7 +3,8 @@
 Every event of the ``user_id`` leaves the log and is subtracted from every rollup in the
 same transaction (``Storage.erase_step``), so no answer ever counts an erased event and
 the exactness invariant holds after every step. A person with many events is erased in
-bounded steps of ``BATCH_EVENTS``, each a short transaction on the writer lane, so
+bounded steps (at most ``MOST_STEP`` events, sized to ``rollup.steps.TARGET_MS``), each a
+short transaction on the writer lane, so
 ingestion keeps flowing between them. The erasure covers every event committed before it
 began (positions up to ``log_position()`` at the start): events that arrive while it runs,
 or later, are stored as usual and counted as usual.
@@ -19,12 +20,15 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
+from rollup.steps import StepSize
 from schema.storage import AuditEntry, Storage
 from schema.timestamps import format_ts, now
 
 log = logging.getLogger(__name__)
 
-BATCH_EVENTS = 2_000  # events per transaction: a few ms to tens of ms on a 10M-event log
+# Events per transaction: from FIRST_STEP, sized to the time budget (rollup.steps); a
+# scattered event costs about 10 µs of write lock on a 10M-event log, so ~500 fit 40 ms.
+FIRST_STEP, LEAST_STEP, MOST_STEP = 500, 50, 5_000
 
 
 def user_id_digest(user_id: str) -> str:
@@ -63,26 +67,30 @@ class Erasure:
         }
 
 
-async def erase(store: Storage, user_id: str, *, batch: int = BATCH_EVENTS) -> Erasure:
+async def erase(store: Storage, user_id: str, *, most: int = MOST_STEP) -> Erasure:
     """Erase every event of ``user_id`` committed before this call, in steps of at most
-    ``batch`` events; repeating it deletes 0. Raises ``StorageError`` (a step that fails
+    ``most`` events; repeating it deletes 0. Raises ``StorageError`` (a step that fails
     rolls back alone: the steps before it stay done, and the audit says how far it got)."""
     began = time.perf_counter()
     started_at = format_ts(now())
     digest = user_id_digest(user_id)
     upto = await store.log_position()
     audit = AuditEntry("erasure", started_at, started_at, user_id_sha256=digest)
-    deleted = steps = 0
+    size = StepSize(min(FIRST_STEP, most), min(LEAST_STEP, most), most)
+    deleted = steps = resume = 0
     longest = 0.0
     while True:
         audit = replace(audit, at=format_ts(now()))
-        step = await store.erase_step(user_id, upto=upto, limit=batch, audit=audit)
-        audit = replace(audit, id=step.audit_id)
+        step = await store.erase_step(
+            user_id, upto=upto, limit=size.rows, audit=audit, resume=resume
+        )
+        audit, resume = replace(audit, id=step.audit_id), step.resume
         deleted += step.deleted
         steps += 1
         longest = max(longest, step.held_ms)
         if step.done:
             break
+        size.after(step.held_ms)
     result = Erasure(
         user_id,
         deleted,

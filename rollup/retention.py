@@ -1,10 +1,11 @@
 """Retention: delete raw events older than a cut-off day, keep every rollup.
 
 ``expire(store, before)`` deletes the events timestamped before ``before`` (a UTC day; its
-first instant is the new **horizon**) in short transactions (``Storage.expire_step``,
-``BATCH_EVENTS`` rows of the table looked at per step). The first step raises the horizon
-in the same transaction as its first deletion, so every reader that misses an expired
-event also sees the horizon that explains it:
+first instant is the new **horizon**) in short transactions (``Storage.expire_step``: at
+most ``MOST_STEP`` rows of the table looked at per step, sized to
+``rollup.steps.TARGET_MS``). The first step raises the horizon in the same transaction as
+its first deletion, so every reader that misses an expired event also sees the horizon
+that explains it:
 
 - counts check it in the same snapshot: a question that needs raw events from before the
   horizon (a date-time bound cutting a 15-minute bucket there) is refused
@@ -27,12 +28,14 @@ import time
 from dataclasses import asdict, dataclass, replace
 from datetime import date
 
+from rollup.steps import StepSize
 from schema.storage import AuditEntry, Storage
 from schema.timestamps import day_start, format_ts, now
 
 log = logging.getLogger(__name__)
 
-BATCH_EVENTS = 5_000  # rows looked at per transaction (tens of ms on a 10M-event log)
+# Rows looked at per transaction: from FIRST_STEP, sized to the time budget (rollup.steps).
+FIRST_STEP, LEAST_STEP, MOST_STEP = 2_000, 200, 5_000
 
 
 class CutoffInFutureError(ValueError):
@@ -82,7 +85,7 @@ async def expire(
     *,
     trigger: str = "cli",
     stop: asyncio.Event | None = None,
-    batch: int = BATCH_EVENTS,
+    most: int = MOST_STEP,
 ) -> RetentionReport:
     """Delete the raw events before the first instant of UTC day ``before`` (at most
     today); stops between two steps once ``stop`` is set (``completed`` False; the
@@ -96,13 +99,14 @@ async def expire(
     oldest = await store.oldest_timestamp()
     if oldest is not None and oldest < cut:
         audit = AuditEntry("retention", report.started_at, report.started_at, before=cut)
+        size = StepSize(min(FIRST_STEP, most), min(LEAST_STEP, most), most)
         resume = 0
         while True:
             if stop is not None and stop.is_set():
                 report.completed = False
                 break
             audit = replace(audit, at=format_ts(now()))
-            step = await store.expire_step(cut, resume=resume, limit=batch, audit=audit)
+            step = await store.expire_step(cut, resume=resume, limit=size.rows, audit=audit)
             audit = replace(audit, id=step.audit_id)
             report.events_deleted += step.deleted
             report.transactions += 1
@@ -110,6 +114,7 @@ async def expire(
             if step.done:
                 break
             resume = step.resume
+            size.after(step.held_ms)
     report.horizon = await store.horizon()
     report.ms = (time.perf_counter() - began) * 1000
     report.finished_at = format_ts(now())

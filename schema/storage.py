@@ -132,8 +132,8 @@ class AuditEntry:
 @dataclass(frozen=True)
 class LifecycleStep:
     """What one bounded lifecycle transaction did: events deleted, whether the pass is
-    complete, the audit record's id, where the next step resumes (``expire_step``), and
-    how long the write exclusion was held (milliseconds)."""
+    complete, the audit record's id, where the next step resumes (opaque, for the
+    backend: pass it back), and how long the write exclusion was held (milliseconds)."""
 
     deleted: int
     done: bool
@@ -238,11 +238,11 @@ class Storage(Protocol):
     # --- data lifecycle (each step one transaction under the write exclusion) --------
 
     async def erase_step(
-        self, user_id: str, *, upto: int, limit: int, audit: AuditEntry
+        self, user_id: str, *, upto: int, limit: int, audit: AuditEntry, resume: int = 0
     ) -> LifecycleStep:
         """Delete up to ``limit`` events of ``user_id`` at positions ``<= upto`` and
         subtract each from every rollup, in one transaction with the audit update.
-        ``done`` when no such event is left."""
+        ``done`` when no such event is left; ``resume``: the previous step's, 0 at first."""
 
     async def expire_step(
         self, before: str, *, resume: int, limit: int, audit: AuditEntry

@@ -17,6 +17,8 @@ from aiohttp.test_utils import TestClient
 
 from app.config import Config
 from app.keys import RUNNER, STORE
+from rollup.erasure import MOST_STEP
+from rollup.steps import TARGET_MS, StepSize
 from schema.storage import WriteGroup
 from tests.helpers import assert_problem, view
 from tests.lifecycle_support import (
@@ -144,7 +146,7 @@ async def test_a_user_with_50000_events_is_erased_in_bounded_transactions(admin,
     assert daily_rollup(db) == minus(before, user_counts(big, "heavy"))
     assert_exact(db)
     report = admin.server.app[RUNNER].last_report
-    assert report is not None and report["transactions"] >= 25  # 2,000 events each at most
+    assert report is not None and report["transactions"] >= 50_000 // MOST_STEP  # bounded
     assert db.execute("SELECT events_deleted FROM lifecycle_audit").fetchall() == [(50_000,)]
 
 
@@ -274,3 +276,33 @@ async def test_cli_erase_while_the_server_runs(admin, db, config):
     assert "hank" not in err.decode()  # the log line names a digest, not the id
     assert events_of(db, "hank") == 0 and events_of(db, "ivy") == 18
     assert_exact(db)
+
+
+async def test_a_stray_committed_permit_is_revoked_at_startup(make_client, config):
+    """Someone committed a permit row by hand: the next start makes the log append-only
+    again (and says so)."""
+    first = await make_client()
+    await first.close()
+    conn = sqlite3.connect(config.db, isolation_level=None)
+    conn.execute("INSERT INTO lifecycle_permit (id) VALUES (1)")
+    client = await make_client(admin_token=TOKEN)
+    await append(client, spread(["x"], [1]))
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("DELETE FROM events")
+    conn.close()
+
+
+def test_step_sizes_follow_the_time_budget():
+    size = StepSize(500, 50, 5_000)
+    size.after(TARGET_MS * 4)  # too slow: halve at most
+    assert size.rows == 250
+    size.after(TARGET_MS / 10)  # fast: double at most
+    assert size.rows == 500
+    size.after(TARGET_MS)  # on budget: keep
+    assert size.rows == 500
+    for _ in range(20):
+        size.after(0.0)
+    assert size.rows == 5_000  # never beyond the bound
+    for _ in range(20):
+        size.after(10_000.0)
+    assert size.rows == 50

@@ -223,16 +223,11 @@ DOOMED_TABLES_SQL = (
     "DELETE FROM temp.doomed_days",
     "DELETE FROM temp.doomed_quarters",
 )
-# One seek of the ("events#day#user_id") index per day of the log, from its first day
-# to its last (a recursive CTE: no day list leaves SQLite).
+# One seek of the ("events#day#user_id") index: the user's events of one UTC day.
 FIND_USER_EVENTS_SQL = """
 INSERT INTO temp.doomed (seq, event_type, timestamp)
-WITH RECURSIVE days (day) AS (
-    SELECT ? UNION ALL SELECT date(day, '+1 day') FROM days WHERE day < ?
-)
-SELECT e.seq, e.event_type, e.timestamp
-FROM days JOIN events AS e ON substr(e.timestamp, 1, 10) = days.day AND e.user_id = ?
-WHERE e.seq <= ?
+SELECT seq, event_type, timestamp FROM events
+WHERE substr(timestamp, 1, 10) = ? AND user_id = ? AND seq <= ?
 LIMIT ?
 """
 DOOMED_BY_DAY_SQL = """
@@ -505,6 +500,11 @@ class SQLiteStore:
         self._readers = await _ReadPool.open(
             self.path, self.readers, [*pragmas, "PRAGMA query_only = ON"]
         )
+        if await self._lane(self._writer).run(_revoke_stray_permit):
+            log.warning(
+                "a lifecycle permit row was committed by someone else (the log accepted "
+                "DELETEs meanwhile); it is removed: the log is append-only again"
+            )
 
     def _connect(self, cache_mib: int) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -613,9 +613,9 @@ class SQLiteStore:
         return ExportPage(rows, rows[-1][0] if len(rows) == limit else until)
 
     async def erase_step(
-        self, user_id: str, *, upto: int, limit: int, audit: AuditEntry
+        self, user_id: str, *, upto: int, limit: int, audit: AuditEntry, resume: int = 0
     ) -> LifecycleStep:
-        step = await self._lane(self._writer).run(_erase_step, user_id, upto, limit, audit)
+        step = await self._lane(self._writer).run(_erase_step, user_id, upto, limit, audit, resume)
         await self._checkpoint()
         return step
 
@@ -897,6 +897,14 @@ def _lifecycle_transaction(conn: sqlite3.Connection) -> Iterator[list[float]]:
         conn.execute("PRAGMA wal_autocheckpoint = 1000")  # SQLite's default
 
 
+def _revoke_stray_permit(conn: sqlite3.Connection) -> int:
+    """Only a lifecycle transaction may hold a permit, and it never commits one."""
+    if not conn.execute("SELECT COUNT(*) FROM lifecycle_permit").fetchone()[0]:
+        return 0  # the usual case: read only, no write lock taken at startup
+    with _write_transaction(conn):
+        return conn.execute(REVOKE_PERMIT_SQL).rowcount
+
+
 def _audit(conn: sqlite3.Connection, audit: AuditEntry, deleted: int, done: bool) -> int:
     """Add this step's deletions to the pass's audit record (created by its first step)."""
     audit_id = audit.id
@@ -928,18 +936,34 @@ def _oldest_timestamp(conn: sqlite3.Connection) -> str | None:
 
 
 def _erase_step(
-    conn: sqlite3.Connection, user_id: str, upto: int, limit: int, audit: AuditEntry
+    conn: sqlite3.Connection,
+    user_id: str,
+    upto: int,
+    limit: int,
+    audit: AuditEntry,
+    resume: int,
 ) -> LifecycleStep:
     """Up to ``limit`` of the user's events (seq <= ``upto``) leave the log, and their
-    counts leave both rollups, in one transaction."""
+    counts leave both rollups, in one transaction. The days are probed in order, from
+    the day the previous step stopped on (``resume``: its date ordinal): the days before
+    it hold no event of this user at or below ``upto`` any more."""
     with _lifecycle_transaction(conn) as held:
         for sql in DOOMED_TABLES_SQL:
             conn.execute(sql)
         span = _log_span(conn)
         found = 0
         if span is not None:
-            first, last = span[0][:10], span[1][:10]
-            found = conn.execute(FIND_USER_EVENTS_SQL, (first, last, user_id, upto, limit)).rowcount
+            day = date.fromisoformat(span[0][:10])
+            last = date.fromisoformat(span[1][:10])
+            if resume:
+                day = max(day, date.fromordinal(resume))
+            while True:  # one index seek per day, in order, until ``limit`` are found
+                args = (day.isoformat(), user_id, upto, limit - found)
+                found += conn.execute(FIND_USER_EVENTS_SQL, args).rowcount
+                if found >= limit or day >= last:
+                    break
+                day += timedelta(days=1)
+            resume = day.toordinal()  # this day may hold more; the ones before it do not
         if found:
             conn.execute(RAISE_SEQ_FLOOR_SQL)
             conn.execute(DOOMED_BY_DAY_SQL)
@@ -950,7 +974,7 @@ def _erase_step(
             assert deleted == found, (deleted, found)
         done = found < limit
         audit_id = _audit(conn, audit, found, done)
-    return LifecycleStep(found, done, audit_id, held_ms=held[0])
+    return LifecycleStep(found, done, audit_id, resume=resume, held_ms=held[0])
 
 
 def _expire_step(

@@ -101,11 +101,12 @@ async def erase(store: Storage, user_id: str, *, most: int = MOST_STEP) -> Erasu
     )
     # TODO(metrics): app[METRICS].erased(deleted) once app/metrics.py (branch ops) lands.
     log.info(
-        "erasure of user sha256:%s…: %d events deleted in %d transactions, %.1f ms "
+        "erasure of user sha256:%s…: %d events deleted in %d transaction%s, %.1f ms "
         "(longest transaction %.2f ms)",
         digest[:12],
         deleted,
         steps,
+        "" if steps == 1 else "s",
         result.ms,
         longest,
     )

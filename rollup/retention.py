@@ -74,7 +74,8 @@ class RetentionReport:
         stopped = "" if self.completed else " (stopped early by shutdown)"
         return (
             f"retention: {self.events_deleted} events before {self.before} deleted in "
-            f"{self.transactions} transactions, {self.ms:.1f} ms (longest transaction "
+            f"{self.transactions} transaction{'' if self.transactions == 1 else 's'}, "
+            f"{self.ms:.1f} ms (longest transaction "
             f"{self.longest_transaction_ms:.2f} ms); horizon {self.horizon or 'none'}{stopped}"
         )
 

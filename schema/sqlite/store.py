@@ -89,9 +89,12 @@ SELECT MAX((SELECT COALESCE(MAX(seq), 0) FROM events), (SELECT seq_floor FROM lo
 # The rollup rows of the events this transaction appended (``seq`` above the last one
 # before it: one writer at a time, so they are exactly ours), read back while their pages
 # are hot. ``WHERE`` keeps SQLite's upsert parser unambiguous.
+# NOT INDEXED: only the rowid range; else the planner would walk the whole
+# ("events#day#user_id") index, whose order matches the GROUP BY (measured: 100x slower).
 ADD_TO_DAILY_SQL = """
 INSERT INTO daily_event_counts (day, event_type, count)
-SELECT substr(timestamp, 1, 10), event_type, COUNT(*) FROM events WHERE seq > ? GROUP BY 1, 2
+SELECT substr(timestamp, 1, 10), event_type, COUNT(*) FROM events NOT INDEXED WHERE seq > ?
+GROUP BY 1, 2
 ON CONFLICT (day, event_type) DO UPDATE SET count = count + excluded.count
 """
 ADD_TO_QUARTERS_SQL = f"""

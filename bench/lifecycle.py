@@ -223,12 +223,15 @@ def bench_erasure(s: h.Settings) -> dict[str, Any]:
                         "seconds": round(result.ms / 1000, 3),
                         "transactions": result.transactions,
                         "longest_transaction_ms": round(result.longest_transaction_ms, 2),
+                        "median_transaction_ms": result.median_transaction_ms,
+                        "p99_transaction_ms": result.p99_transaction_ms,
                     }
                 )
                 h.say(
                     f"  erase {result.events_deleted:,} events: {result.ms / 1000:.3f} s, "
                     f"{result.transactions} transactions, longest "
-                    f"{result.longest_transaction_ms:.1f} ms"
+                    f"{result.longest_transaction_ms:.1f} ms, median "
+                    f"{result.median_transaction_ms:.1f} ms, p99 {result.p99_transaction_ms:.1f} ms"
                 )
         finally:
             await store.close()
@@ -284,13 +287,16 @@ def bench_retention(s: h.Settings) -> dict[str, Any]:
             "pass_seconds": round(report["ms"] / 1000, 2),
             "transactions": report["transactions"],
             "longest_transaction_ms": report["longest_transaction_ms"],
+            "median_transaction_ms": report["median_transaction_ms"],
+            "p99_transaction_ms": report["p99_transaction_ms"],
             "rollups_kept": rollup_after == rollup_before,
         }
         runs.append(run)
         h.say(
             f"  retention #{repeat + 1}: {run['events_deleted']:,} of {events:,} events in "
             f"{run['pass_seconds']:.1f} s ({run['transactions']} transactions, longest "
-            f"{run['longest_transaction_ms']:.1f} ms), rollups kept: {run['rollups_kept']}"
+            f"{run['longest_transaction_ms']:.1f} ms, median {run['median_transaction_ms']} ms, "
+            f"p99 {run['p99_transaction_ms']} ms), rollups kept: {run['rollups_kept']}"
         )
         h.remove_db(db)
     return {

@@ -20,7 +20,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
-from rollup.steps import StepSize
+from rollup.steps import StepSize, percentiles
 from schema.storage import AuditEntry, Storage
 from schema.timestamps import format_ts, now
 
@@ -46,6 +46,8 @@ class Erasure:
     transactions: int
     ms: float
     longest_transaction_ms: float
+    median_transaction_ms: float = 0.0
+    p99_transaction_ms: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
         """The API's answer: ``{"user_id", "events_deleted", "erased_at"}``."""
@@ -64,6 +66,8 @@ class Erasure:
             "transactions": self.transactions,
             "ms": round(self.ms, 1),
             "longest_transaction_ms": round(self.longest_transaction_ms, 2),
+            "median_transaction_ms": self.median_transaction_ms,
+            "p99_transaction_ms": self.p99_transaction_ms,
         }
 
 
@@ -79,6 +83,7 @@ async def erase(store: Storage, user_id: str, *, most: int = MOST_STEP) -> Erasu
     size = StepSize(min(FIRST_STEP, most), min(LEAST_STEP, most), most)
     deleted = steps = resume = 0
     longest = 0.0
+    held: list[float] = []
     while True:
         audit = replace(audit, at=format_ts(now()))
         step = await store.erase_step(
@@ -88,9 +93,11 @@ async def erase(store: Storage, user_id: str, *, most: int = MOST_STEP) -> Erasu
         deleted += step.deleted
         steps += 1
         longest = max(longest, step.held_ms)
+        held.append(step.held_ms)
         if step.done:
             break
         size.after(step.held_ms)
+    median, p99 = percentiles(held)
     result = Erasure(
         user_id,
         deleted,
@@ -98,6 +105,8 @@ async def erase(store: Storage, user_id: str, *, most: int = MOST_STEP) -> Erasu
         steps,
         (time.perf_counter() - began) * 1000,
         longest,
+        median,
+        p99,
     )
     # TODO(metrics): app[METRICS].erased(deleted) once app/metrics.py (branch ops) lands.
     log.info(

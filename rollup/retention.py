@@ -28,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from datetime import date
 
-from rollup.steps import StepSize
+from rollup.steps import StepSize, percentiles
 from schema.storage import AuditEntry, Storage
 from schema.timestamps import day_start, format_ts, now
 
@@ -62,6 +62,8 @@ class RetentionReport:
     transactions: int = 0
     ms: float = 0.0
     longest_transaction_ms: float = 0.0
+    median_transaction_ms: float = 0.0
+    p99_transaction_ms: float = 0.0
     completed: bool = True  # False when stopped early by shutdown
 
     def to_dict(self) -> dict[str, object]:
@@ -102,6 +104,7 @@ async def expire(
         audit = AuditEntry("retention", report.started_at, report.started_at, before=cut)
         size = StepSize(min(FIRST_STEP, most), min(LEAST_STEP, most), most)
         resume = 0
+        held: list[float] = []
         while True:
             if stop is not None and stop.is_set():
                 report.completed = False
@@ -112,10 +115,12 @@ async def expire(
             report.events_deleted += step.deleted
             report.transactions += 1
             report.longest_transaction_ms = max(report.longest_transaction_ms, step.held_ms)
+            held.append(step.held_ms)
             if step.done:
                 break
             resume = step.resume
             size.after(step.held_ms)
+        report.median_transaction_ms, report.p99_transaction_ms = percentiles(held)
     report.horizon = await store.horizon()
     report.ms = (time.perf_counter() - began) * 1000
     report.finished_at = format_ts(now())

@@ -9,6 +9,8 @@ at most doubling or halving at a time, within fixed bounds.
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 TARGET_MS = 40.0  # ingestion waits at most about this long for one step
@@ -26,3 +28,12 @@ class StepSize:
         """Scale the next step by how long this one held the write lock."""
         factor = 2.0 if held_ms <= 0 else min(2.0, max(0.5, TARGET_MS / held_ms))
         self.rows = min(self.most, max(self.least, int(self.rows * factor)))
+
+
+def percentiles(held_ms: Sequence[float]) -> tuple[float, float]:
+    """The median and the 99th percentile (nearest rank) of the steps' lock times, ms."""
+    if not held_ms:
+        return 0.0, 0.0
+    ordered = sorted(held_ms)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return round(statistics.median(ordered), 2), round(p99, 2)

@@ -20,6 +20,9 @@ STATEMENTS = {
     "quarter delta": (store.ADD_TO_QUARTERS_SQL, (0,)),
     "erasure: a user's day": (store.FIND_USER_EVENTS_SQL, ("2025-05-01", "u", 9, 10)),
     "erasure: delete": (store.DELETE_DOOMED_SQL, ()),
+    "erasure: look": (store.LOOK_USER_EVENTS_SQL, ("2025-05-01", "u", 9, 10)),
+    "erasure: touch ids": (store.TOUCH_EVENT_IDS_SQL, ('[["a", "view", "t"]]',)),
+    "erasure: touch times": (store.TOUCH_TYPE_TIMESTAMPS_SQL, ('[["a", "view", "t"]]',)),
     "retention: window": (store.WINDOW_END_SQL, (0, 10)),
     "retention: delete": (store.EXPIRE_WINDOW_SQL, (0, 10, "2025-05-01")),
     "export page": (

@@ -233,6 +233,22 @@ SELECT seq, event_type, timestamp FROM events
 WHERE substr(timestamp, 1, 10) = ? AND user_id = ? AND seq <= ?
 LIMIT ?
 """
+# Warming (a read snapshot, no lock): the user's next events of one day, then a look-up
+# of each in the two other indexes, so the step under the write lock finds every page it
+# changes in memory instead of reading it from disk.
+LOOK_USER_EVENTS_SQL = """
+SELECT event_id, event_type, timestamp FROM events
+WHERE substr(timestamp, 1, 10) = ? AND user_id = ? AND seq <= ?
+LIMIT ?
+"""
+TOUCH_EVENT_IDS_SQL = """
+SELECT COUNT(*) FROM json_each(?) AS j JOIN events AS e INDEXED BY "events#event_id"
+    ON e.event_id = j.value->>0
+"""
+TOUCH_TYPE_TIMESTAMPS_SQL = """
+SELECT COUNT(*) FROM json_each(?) AS j JOIN events AS e INDEXED BY "events#event_type#timestamp"
+    ON e.event_type = j.value->>1 AND e.timestamp = j.value->>2
+"""
 DOOMED_BY_DAY_SQL = """
 INSERT INTO temp.doomed_days (day, event_type, n)
 SELECT substr(timestamp, 1, 10), event_type, COUNT(*) FROM temp.doomed GROUP BY 1, 2
@@ -618,6 +634,12 @@ class SQLiteStore:
     async def erase_step(
         self, user_id: str, *, upto: int, limit: int, audit: AuditEntry, resume: int = 0
     ) -> LifecycleStep:
+        # First a look without the lock (as recount_day does): a heavy user's events lie
+        # scattered over the file, and reading their pages from disk under the write lock
+        # would make ingestion wait for the disk.
+        await self._lane(self._maintenance).run(
+            _snapshot(_warm_erasure), user_id, upto, limit, resume
+        )
         step = await self._lane(self._writer).run(_erase_step, user_id, upto, limit, audit, resume)
         await self._checkpoint()
         return step
@@ -938,6 +960,35 @@ def _oldest_timestamp(conn: sqlite3.Connection) -> str | None:
     return span[0] if span else None
 
 
+def _user_days(conn: sqlite3.Connection, resume: int) -> Iterator[str]:
+    """The UTC days of the log from ``resume`` (a date ordinal; 0: the first) on, in order."""
+    span = _log_span(conn)
+    if span is None:
+        return
+    day, last = date.fromisoformat(span[0][:10]), date.fromisoformat(span[1][:10])
+    if resume:
+        day = max(day, date.fromordinal(resume))
+    while day <= last:
+        yield day.isoformat()
+        day += timedelta(days=1)
+
+
+def _warm_erasure(
+    conn: sqlite3.Connection, user_id: str, upto: int, limit: int, resume: int
+) -> int:
+    """Read the pages the next erase step will change (see ``LOOK_USER_EVENTS_SQL``)."""
+    rows: list[tuple[str, str, str]] = []
+    for day in _user_days(conn, resume):
+        rows += conn.execute(LOOK_USER_EVENTS_SQL, (day, user_id, upto, limit - len(rows)))
+        if len(rows) >= limit:
+            break
+    if rows:
+        packed = orjson.dumps(rows)
+        conn.execute(TOUCH_EVENT_IDS_SQL, (packed,)).fetchone()
+        conn.execute(TOUCH_TYPE_TIMESTAMPS_SQL, (packed,)).fetchone()
+    return len(rows)
+
+
 def _erase_step(
     conn: sqlite3.Connection,
     user_id: str,
@@ -953,20 +1004,13 @@ def _erase_step(
     with _lifecycle_transaction(conn) as held:
         for sql in DOOMED_TABLES_SQL:
             conn.execute(sql)
-        span = _log_span(conn)
         found = 0
-        if span is not None:
-            day = date.fromisoformat(span[0][:10])
-            last = date.fromisoformat(span[1][:10])
-            if resume:
-                day = max(day, date.fromordinal(resume))
-            while True:  # one index seek per day, in order, until ``limit`` are found
-                args = (day.isoformat(), user_id, upto, limit - found)
-                found += conn.execute(FIND_USER_EVENTS_SQL, args).rowcount
-                if found >= limit or day >= last:
-                    break
-                day += timedelta(days=1)
-            resume = day.toordinal()  # this day may hold more; the ones before it do not
+        for day in _user_days(conn, resume):  # one index seek per day, in order
+            args = (day, user_id, upto, limit - found)
+            found += conn.execute(FIND_USER_EVENTS_SQL, args).rowcount
+            resume = date.fromisoformat(day).toordinal()  # may hold more; earlier days do not
+            if found >= limit:
+                break
         if found:
             conn.execute(RAISE_SEQ_FLOOR_SQL)
             conn.execute(DOOMED_BY_DAY_SQL)

@@ -354,8 +354,8 @@ def _commit(conn: sqlite3.Connection, packed: bytes, *, old_sql: bool) -> float:
         (last,) = conn.execute(OLD_LAST_SEQ_SQL).fetchone()
         conn.execute(OLD_INSERT_PACKED_SQL, (packed,))
     else:
-        (last,) = conn.execute(sqlite_store.LAST_SEQ_SQL).fetchone()
-        conn.execute(sqlite_store.INSERT_PACKED_EVENTS_SQL, (last, packed))
+        last, _floor = conn.execute(sqlite_store.LAST_SEQ_SQL).fetchone()
+        conn.execute(sqlite_store.INSERT_PACKED_EVENTS_SQL, (packed,))
     conn.execute(sqlite_store.ADD_TO_DAILY_SQL, (last,))
     conn.execute(sqlite_store.ADD_TO_QUARTERS_SQL, (last,))
     conn.execute("COMMIT")

@@ -108,7 +108,6 @@ async def erase(store: Storage, user_id: str, *, most: int = MOST_STEP) -> Erasu
         median,
         p99,
     )
-    # TODO(metrics): app[METRICS].erased(deleted) once app/metrics.py (branch ops) lands.
     log.info(
         "erasure of user sha256:%s…: %d events deleted in %d transaction%s, %.1f ms "
         "(longest transaction %.2f ms)",

@@ -124,6 +124,5 @@ async def expire(
     report.horizon = await store.horizon()
     report.ms = (time.perf_counter() - began) * 1000
     report.finished_at = format_ts(now())
-    # TODO(metrics): app[METRICS].retention_deleted(n) once app/metrics.py (branch ops) lands.
     log.info("%s", report.summary())
     return report

@@ -29,6 +29,7 @@ from tests.lifecycle_support import (
     quarter_rollup,
     spread,
 )
+from tests.test_metrics import scrape, value
 
 ROOT = Path(__file__).resolve().parent.parent
 HORIZON = "2025-05-06T00:00:00.000000Z"
@@ -308,3 +309,12 @@ async def test_cli_retention(admin, db, config, tmp_path):
         assert code == 2 and "--before" in err
     code, _, err = await cli("retention", "--db", str(tmp_path / "no.db"), "--before", "2025-01-01")
     assert code == 2 and "no database" in err
+
+
+async def test_metrics_count_erased_and_expired_events(admin, db):
+    await append(admin, spread(["a", "b"], range(1, 11)))
+    await admin.post("/admin/erasures", json={"user_id": "a"}, headers=AUTH)
+    await expire(admin, "2025-05-06")
+    samples = await scrape(admin, AUTH)
+    assert value(samples, "analytics_erased_events_total") == 60
+    assert value(samples, "analytics_retention_deleted_events_total") == 30

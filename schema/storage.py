@@ -248,9 +248,11 @@ class Storage(Protocol):
         self, before: str, *, resume: int, limit: int, audit: AuditEntry
     ) -> LifecycleStep:
         """Retention: raise the horizon to ``before`` (a UTC day's first instant) and
-        delete up to ``limit`` events with a timestamp before it (positions after
-        ``resume``, 0 at first), in one transaction with the audit update; rollups are
-        kept. ``done`` when no event before ``before`` is left."""
+        delete events with a timestamp before it, in one short transaction with the audit
+        update; rollups are kept. ``limit`` bounds the rows a step deletes one by one (a
+        backend may instead drop a whole partition of expired events in a step);
+        ``resume`` is the previous step's, 0 at first. ``done`` when no event before
+        ``before`` is left."""
 
     async def oldest_timestamp(self) -> str | None:
         """The timestamp of the oldest event in the log, or None when it is empty."""

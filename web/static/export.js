@@ -7,9 +7,10 @@
  * the password field when needed, sent only in the Authorization header of these two requests,
  * and never written to localStorage, a cookie or the address.
  *
- * Self-contained: it reads the range from the dashboard's own controls (#start-date, #end-date,
- * #event-type, and #time-zone when the page has one); with no dates chosen it asks the service
- * for the default range (GET /analytics/event-counts-by-day), as the dashboard itself does.
+ * Self-contained: it reads the range from what the dashboard shows (the data-first, data-last and
+ * data-tz attributes of its range line, its #start-date, #end-date, #event-type and #time-zone
+ * controls); failing those it asks the service for the default range
+ * (GET /analytics/event-counts-by-day), as the dashboard itself does.
  */
 (function () {
   'use strict';
@@ -52,13 +53,16 @@
     return response;
   }
 
-  /* The range the dashboard shows: its chosen dates, or the service's default range. */
+  /* The range the dashboard shows: the local days its range line names (data-first, data-last,
+     data-tz on #range-label), else its chosen dates, else the service's default range. */
   async function range() {
+    const label = $('#range-label');
+    const shown = label ? label.dataset : {};
     const chosen = {
-      start_date: value('#start-date'),
-      end_date: value('#end-date'),
+      start_date: shown.first || value('#start-date'),
+      end_date: shown.last || value('#end-date'),
       event_type: value('#event-type'),
-      tz: value('#time-zone'),
+      tz: shown.tz || value('#time-zone'),
     };
     if (chosen.start_date && chosen.end_date) return chosen;
     const answer = await call('/analytics/event-counts-by-day', chosen, 'application/json');

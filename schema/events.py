@@ -39,6 +39,14 @@ def _not_blank(value: str) -> str:
     return value
 
 
+def _no_nul(value: str) -> str:
+    # PostgreSQL's text cannot hold U+0000, so no backend stores one in user_id (payload
+    # strings may hold it: payloads are stored as JSON text, where it is escaped).
+    if "\x00" in value:
+        raise PydanticCustomError("nul", "must not contain the NUL character")
+    return value
+
+
 def _within(low: float, high: float | None) -> AfterValidator:
     def check(value: float) -> float:
         if value < low or (high is not None and value > high):
@@ -64,12 +72,17 @@ def _depth(value: Any) -> int:
     return 1 + deepest
 
 
-# A required string: not empty and not only whitespace. The pattern only documents
-# "not only whitespace" (OpenAPI); _not_blank enforces it.
+# A required string: not empty, not only whitespace, no NUL. The pattern only documents
+# that (OpenAPI); _not_blank and _no_nul enforce it, with our messages.
 UserId = Annotated[
     str,
-    Field(min_length=1, max_length=MAX_USER_ID_CHARS, json_schema_extra={"pattern": r"\S"}),
+    Field(
+        min_length=1,
+        max_length=MAX_USER_ID_CHARS,
+        json_schema_extra={"pattern": r"^[^\u0000]*[^\s\u0000][^\u0000]*$"},
+    ),
     AfterValidator(_not_blank),
+    AfterValidator(_no_nul),
 ]
 Url = Annotated[
     str,

@@ -20,6 +20,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
+from rollup import passes
 from rollup.steps import StepSize, percentiles
 from schema.storage import AuditEntry, Storage
 from schema.timestamps import format_ts, now
@@ -74,7 +75,13 @@ class Erasure:
 async def erase(store: Storage, user_id: str, *, most: int = MOST_STEP) -> Erasure:
     """Erase every event of ``user_id`` committed before this call, in steps of at most
     ``most`` events; repeating it deletes 0. Raises ``StorageError`` (a step that fails
-    rolls back alone: the steps before it stay done, and the audit says how far it got)."""
+    rolls back alone: the steps before it stay done, and the audit says how far it got).
+    Waits while another instance runs a pass (``rollup.passes``)."""
+    async with passes.one_at_a_time(store):
+        return await _erase(store, user_id, most)
+
+
+async def _erase(store: Storage, user_id: str, most: int) -> Erasure:
     began = time.perf_counter()
     started_at = format_ts(now())
     digest = user_id_digest(user_id)

@@ -9,7 +9,8 @@ service ingests. One transaction covers one day, so ingestion waits milliseconds
 the whole pass.
 
 The same loop serves the scheduled job, the admin API and the command line, on any
-backend.
+backend. A pass holds the storage's job lock throughout (``rollup.passes``), so one
+instance at a time runs one.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import date
 
+from rollup import passes
 from schema.events import EVENT_TYPES
 from schema.storage import Storage
 from schema.timestamps import format_ts, now
@@ -106,10 +108,14 @@ async def run(
     dry_run: bool = False,
     trigger: str = "cli",
     stop: asyncio.Event | None = None,
+    wait: bool = True,
 ) -> Report:
     """One reconcile or rebuild pass: ``recount_day`` for every day to check, one
     transaction per day. Logs one INFO summary and a WARNING per differing day; stops
-    between two days once ``stop`` is set (``completed`` is then False)."""
+    between two days once ``stop`` is set (``completed`` is then False).
+
+    While another instance runs a pass, this one waits for it (``wait``; ``stop`` ends
+    the wait, with ``completed`` False) or raises ``PassBusyError`` at once."""
     report = Report(
         kind=kind,
         dry_run=dry_run,
@@ -120,26 +126,41 @@ async def run(
     )
     began = time.perf_counter()
     try:
-        for day in await store.days_to_check(start, end):
-            if stop is not None and stop.is_set():
+        async with passes.one_at_a_time(store, stop=stop, wait=wait) as held:
+            if not held:  # stopped while another instance's pass ran
                 report.completed = False
-                break
-            result = await store.recount_day(day, repair=not dry_run)
-            report.days_checked += 1
-            report.events_counted += sum(result.counted.values())
-            report.longest_transaction_ms = max(report.longest_transaction_ms, result.held_ms)
-            if result.differs:
-                change = DayChange(day, result.stored, result.counted, result.quarters_differing)
-                report.days_changed.append(change)
-                log.warning(
-                    "rollup %s: %s %s: %s",
-                    kind,
-                    change.date,
-                    "differs from the log (dry run, not repaired)" if dry_run else "repaired",
-                    change.describe(),
-                )
+            else:
+                await _check_days(store, report, start, end, dry_run, stop)
     finally:
         report.ms = (time.perf_counter() - began) * 1000
         report.finished_at = format_ts(now())
     log.info("%s", report.summary())
     return report
+
+
+async def _check_days(
+    store: Storage,
+    report: Report,
+    start: date | None,
+    end: date | None,
+    dry_run: bool,
+    stop: asyncio.Event | None,
+) -> None:
+    for day in await store.days_to_check(start, end):
+        if stop is not None and stop.is_set():
+            report.completed = False
+            break
+        result = await store.recount_day(day, repair=not dry_run)
+        report.days_checked += 1
+        report.events_counted += sum(result.counted.values())
+        report.longest_transaction_ms = max(report.longest_transaction_ms, result.held_ms)
+        if result.differs:
+            change = DayChange(day, result.stored, result.counted, result.quarters_differing)
+            report.days_changed.append(change)
+            log.warning(
+                "rollup %s: %s %s: %s",
+                report.kind,
+                change.date,
+                "differs from the log (dry run, not repaired)" if report.dry_run else "repaired",
+                change.describe(),
+            )

@@ -28,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from datetime import date
 
+from rollup import passes
 from rollup.steps import StepSize, percentiles
 from schema.storage import AuditEntry, Storage
 from schema.timestamps import day_start, format_ts, now
@@ -89,11 +90,21 @@ async def expire(
     trigger: str = "cli",
     stop: asyncio.Event | None = None,
     most: int = MOST_STEP,
+    wait: bool = True,
 ) -> RetentionReport:
     """Delete the raw events before the first instant of UTC day ``before`` (at most
     today); stops between two steps once ``stop`` is set (``completed`` False; the
     horizon is already raised, and the next pass continues). Raises
-    ``CutoffInFutureError`` for a day after today."""
+    ``CutoffInFutureError`` for a day after today. While another instance runs a pass,
+    waits for it (``stop`` ends the wait: nothing is deleted) or, without ``wait``,
+    raises ``PassBusyError`` (``rollup.passes``)."""
+    async with passes.one_at_a_time(store, stop=stop, wait=wait):
+        return await _expire(store, before, trigger, stop, most)
+
+
+async def _expire(
+    store: Storage, before: date, trigger: str, stop: asyncio.Event | None, most: int
+) -> RetentionReport:
     if before > now().date():
         raise CutoffInFutureError(f"{before} is after today (UTC): today's events are kept")
     began = time.perf_counter()

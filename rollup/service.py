@@ -6,9 +6,11 @@ A pass runs as a task over the store's maintenance calls (``rollup.recount``), e
 short transaction on a connection of its own, so the event loop keeps serving while it
 works and the ingest writer's commits interleave with it. Erasure and retention steps are
 short transactions on the writer lane, between group commits. Passes of any kind never
-overlap: a second request waits for the first. On shutdown the scheduler stops, and a
-running pass ends after the day (or step) it is on: each is its own transaction, so
-stopping between two loses nothing. An erasure always runs to its end.
+overlap, in this process or (on PostgreSQL, through the storage's job lock) in another
+instance: a second request waits for the first; a scheduled pass skips its turn. On
+shutdown the scheduler stops, and a running pass ends after the day (or step) it is on:
+each is its own transaction, so stopping between two loses nothing. An erasure always runs
+to its end.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from app.config import Config
 from rollup import erasure, recount, retention
 from rollup.erasure import Erasure
+from rollup.passes import PassBusyError
 from rollup.recount import Report
 from rollup.retention import RetentionReport
 from schema.storage import Storage
@@ -91,7 +94,15 @@ class RollupRunner:
 
         def work(store: Storage) -> Awaitable[Report]:
             return recount.run(
-                store, kind, start=start, end=end, dry_run=dry_run, trigger=trigger, stop=self._stop
+                store,
+                kind,
+                start=start,
+                end=end,
+                dry_run=dry_run,
+                trigger=trigger,
+                stop=self._stop,
+                # A scheduled pass is not needed while another instance runs one.
+                wait=trigger != "schedule",
             )
 
         report = await self._exclusive(kind, work)
@@ -113,7 +124,9 @@ class RollupRunner:
         """One retention pass (``rollup.retention``); waits for any pass already running."""
 
         def work(store: Storage) -> Awaitable[RetentionReport]:
-            return retention.expire(store, before, trigger=trigger, stop=self._stop)
+            return retention.expire(
+                store, before, trigger=trigger, stop=self._stop, wait=trigger != "schedule"
+            )
 
         report = await self._exclusive("retention", work)
         self.last_report = report.to_dict()
@@ -131,6 +144,8 @@ class RollupRunner:
                 # Shielded: if the caller is cancelled, the pass still finishes its day
                 # and close() waits for it.
                 return await asyncio.shield(current)
+            except PassBusyError:  # a scheduled pass another instance is running
+                raise
             except Exception:
                 self.last_error = {
                     "at": format_ts(now()),
@@ -146,6 +161,12 @@ class RollupRunner:
             await self.run("reconcile", trigger="schedule")
         except RunnerClosedError:
             pass
+        except PassBusyError:
+            log.info("scheduled rollup reconcile skipped: another instance is running a pass")
+        except asyncio.CancelledError:
+            # The scheduler was shut down (the service is draining) while this pass ran:
+            # the pass itself is shielded, ends after its current day, and close() waits.
+            log.info("scheduled rollup reconcile: the scheduler stopped during the pass")
         except Exception:
             log.exception("scheduled rollup reconcile failed")
 
@@ -155,6 +176,10 @@ class RollupRunner:
             await self.expire(retention.cutoff(self.config.retention_days), trigger="schedule")
         except RunnerClosedError:
             pass
+        except PassBusyError:
+            log.info("scheduled retention pass skipped: another instance is running a pass")
+        except asyncio.CancelledError:
+            log.info("scheduled retention pass: the scheduler stopped during the pass")
         except Exception:
             log.exception("scheduled retention pass failed")
 

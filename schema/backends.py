@@ -24,6 +24,15 @@ def is_url(db: str) -> bool:
     return _SCHEME.match(db) is not None
 
 
+def describe(db: str) -> str:
+    """``db`` fit for logs: a URL loses its password, a path stays as it is."""
+    if not is_url(db):
+        return db
+    from schema.postgres.store import redact
+
+    return redact(db)
+
+
 def open_storage(
     db: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000, readers: int = 4
 ) -> Storage:
@@ -35,7 +44,11 @@ def open_storage(
         )
     scheme = match.group(1).lower()
     if scheme in POSTGRES_SCHEMES:
-        raise UnknownBackendError("the PostgreSQL backend is not available in this build")
+        from schema.postgres.store import PostgresStore  # asyncpg only when it is used
+
+        return PostgresStore(
+            db, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms, readers=readers
+        )
     raise UnknownBackendError(
         f"--db {scheme}://… is not a database this service knows: give a file path "
         "(SQLite) or a postgresql:// URL"

@@ -256,3 +256,14 @@ class Storage(Protocol):
 
     async def oldest_timestamp(self) -> str | None:
         """The timestamp of the oldest event in the log, or None when it is empty."""
+
+    # --- jobs that one instance at a time may run -----------------------------------
+
+    async def try_lock_job(self, job: str) -> bool:
+        """Take the lock of ``job`` (``"passes"``: reconcile, rebuild, erasure and
+        retention passes, ``rollup.passes``) for this store's maintenance calls, or
+        return False at once when another instance holds it. Held until ``unlock_job``
+        or until the store closes (or its process dies)."""
+
+    async def unlock_job(self, job: str) -> None:
+        """Release the lock of ``job`` taken by ``try_lock_job`` (no-op if not held)."""

@@ -664,6 +664,18 @@ class SQLiteStore:
         PASSIVE checkpoint never waits for the write lock."""
         await self._lane(self._maintenance).run(_run, CHECKPOINT_SQL)
 
+    # --- jobs --------------------------------------------------------------------------
+
+    async def try_lock_job(self, job: str) -> bool:
+        """Always granted: one SQLite file serves one machine, and every step of a pass
+        that writes (a day's repair, an erasure or retention step) takes the file's write
+        lock, so passes of two processes on one file interleave step by step, each step
+        still exact."""
+        return True
+
+    async def unlock_job(self, job: str) -> None:
+        return None
+
 
 # --- the functions that run on a lane's thread, on its connection ---------------------
 

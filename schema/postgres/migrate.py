@@ -1,0 +1,81 @@
+"""Create or upgrade a PostgreSQL database: numbered ``migrations/NNNN_*.sql`` files above
+the highest version recorded in ``schema_migrations`` are applied in order, each in its own
+transaction together with its row there, so a failed migration leaves the database as it
+was. A database of a newer schema is refused.
+
+Several instances may start at once on one database: whoever migrates holds a session
+advisory lock for the whole run, so the others wait for it and then find nothing to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from pathlib import Path
+
+import asyncpg
+
+from schema.postgres import locks
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+CREATE_VERSIONS_SQL = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+CURRENT_VERSION_SQL = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
+RECORD_VERSION_SQL = "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)"
+
+
+class SchemaTooNewError(RuntimeError):
+    """The database was written by a newer version of the service."""
+
+
+def migrations() -> list[tuple[int, Path]]:
+    found = []
+    for path in sorted(MIGRATIONS_DIR.iterdir()):
+        match = _NAME.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    numbers = [n for n, _ in found]
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise RuntimeError(f"migrations must be numbered 1..N without gaps, found {numbers}")
+    return found
+
+
+def latest_version() -> int:
+    return len(migrations())
+
+
+async def migrate(conn: asyncpg.Connection, description: str = "the database") -> int:
+    """Bring the database of ``conn`` to the latest schema; return its version.
+
+    Raises ``SchemaTooNewError`` for a newer schema; a failing migration's error propagates
+    (its transaction rolled back)."""
+    await conn.execute("SELECT pg_advisory_lock($1, $2)", locks.NAMESPACE, locks.MIGRATE)
+    try:
+        await conn.execute(CREATE_VERSIONS_SQL)
+        current = await conn.fetchval(CURRENT_VERSION_SQL)
+        known = migrations()
+        if current > len(known):
+            raise SchemaTooNewError(
+                f"{description} has schema version {current}, this service knows up to {len(known)}"
+            )
+        for number, file in known[current:]:
+            script = file.read_text(encoding="utf-8")
+            async with conn.transaction():
+                await conn.execute(script)  # no arguments: the simple protocol, many statements
+                await conn.execute(RECORD_VERSION_SQL, number, file.name)
+            log.info("applied migration %s", file.name)
+        return await conn.fetchval(CURRENT_VERSION_SQL)
+    finally:
+        # A broken connection has released the lock already; its error is the one to see.
+        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            await conn.execute("SELECT pg_advisory_unlock($1, $2)", locks.NAMESPACE, locks.MIGRATE)

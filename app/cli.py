@@ -24,10 +24,11 @@ from app import lifecycle_cli, logs, server
 from app.config import Config
 from app.factory import create_app
 from rollup import cli as rollup_cli
-from schema.backends import UnknownBackendError, open_storage
+from schema.backends import UnknownBackendError, describe, open_storage
+from schema.storage import SchemaTooNewError, StorageError
 
 
-def serve(config: Config) -> None:
+def serve(config: Config) -> int:
     try:
         import uvloop
 
@@ -37,7 +38,13 @@ def serve(config: Config) -> None:
     access_log = logging.getLogger(logs.ACCESS_LOGGER) if config.access_log else None
     app = create_app(config)
     app.on_startup.append(_freeze_startup_objects)  # after the storage and writer started
-    asyncio.run(server.serve(app, config, access_log=access_log))
+    try:
+        asyncio.run(server.serve(app, config, access_log=access_log))
+    except (StorageError, SchemaTooNewError, UnknownBackendError) as exc:
+        # The database cannot be opened: one clear line (its URL without a password).
+        logging.getLogger("analytics").error("cannot start: %s", exc)
+        return 1
+    return 0
 
 
 async def _migrate(config: Config) -> int:
@@ -69,14 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     log_setup = logs.configure(config.log_level, config.log_format)
     try:
         if args.command == "serve":
-            serve(config)
+            return serve(config)
         elif args.command == "migrate":
             try:
                 version = asyncio.run(_migrate(config))
             except UnknownBackendError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
-            print(f"{config.db}: schema version {version}")
+            except (StorageError, SchemaTooNewError) as exc:
+                print(f"error: migrate failed: {exc}", file=sys.stderr)
+                return 1
+            print(f"{describe(config.db)}: schema version {version}")
         elif args.command in rollup_cli.COMMANDS:
             return rollup_cli.run(args, config)
         elif args.command in lifecycle_cli.COMMANDS:

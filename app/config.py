@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from schema.backends import describe
+
 _INTEGER = re.compile(r"-?[0-9]+")
 _DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 _TEXT = re.compile(r"[^\x00-\x20\x7f](?:[^\x00-\x1f\x7f]*[^\x00-\x20\x7f])?")
@@ -119,14 +121,15 @@ SETTINGS: tuple[Setting, ...] = (
         "busy_timeout_ms",
         5_000,
         parse_int,
-        "how long a write waits for a locked database before 503",
+        "how long a write waits for a locked database before 503 (PostgreSQL: lock_timeout)",
     ),
     Setting("read_connections", 4, parse_int, "database connections that serve reads concurrently"),
     Setting(
         "synchronous",
         "FULL",
         parse_text,
-        "SQLite synchronous mode: FULL (power-cut safe) or NORMAL",
+        "commit durability: FULL (power-cut safe; PostgreSQL synchronous_commit=on) or NORMAL "
+        "(a crash may lose the last commits; PostgreSQL synchronous_commit=off)",
     ),
     Setting(
         "idempotency_hours", 24.0, parse_decimal, "how long Idempotency-Key replays are remembered"
@@ -184,6 +187,7 @@ class Config:
         fields = dataclasses.asdict(self)
         if fields["admin_token"]:
             fields["admin_token"] = "***"
+        fields["db"] = describe(self.db)  # a database URL's password
         return "Config(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
 
 

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from app.problems import Problem, problem_response
 from schema.errors import summary, validation_errors
+from schema.storage import StorageBusyError, StorageUnavailableError
 
 log = logging.getLogger("analytics.http")
 
@@ -54,6 +55,12 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         )
         headers = {h: exc.headers[h] for h in _KEEP_HEADERS if h in exc.headers}
         return problem_response(exc.status, detail, _ROUTING_ERRORS.get(exc.status, ()), headers)
+    except (StorageBusyError, StorageUnavailableError) as exc:
+        # The database is busy, restarting or out of reach: the request may succeed later.
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        return problem_response(
+            503, "the database is unavailable or busy; retry shortly", (), {"Retry-After": "1"}
+        )
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return problem_response(500, "internal server error; the cause is in the server log")

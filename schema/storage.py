@@ -65,6 +65,10 @@ class BeforeHorizonError(StorageError):
         self.horizon = horizon
 
 
+class SchemaTooNewError(RuntimeError):
+    """The database was written by a newer version of the service (migrate refuses it)."""
+
+
 @dataclass(frozen=True)
 class WriteGroup:
     """One request's rows and its optional idempotency key: written whole or skipped whole."""

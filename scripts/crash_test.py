@@ -55,11 +55,15 @@ def free_port() -> int:
 class Service:
     """``python -m app serve`` as a child process on 127.0.0.1."""
 
-    def __init__(self, db: Path, *args: str, log_path: Path | None = None) -> None:
+    def __init__(self, db: Path | str, *args: str, log_path: Path | None = None) -> None:
+        """``db``: a SQLite file, or a ``postgresql://`` URL (then ``log_path`` is needed)."""
         self.db = db
         self.port = free_port()
         self.args = args
-        self.log_path = log_path or db.with_suffix(".log")
+        if log_path is None:
+            assert isinstance(db, Path), "a database URL needs a log_path"
+            log_path = db.with_suffix(".log")
+        self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

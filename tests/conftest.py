@@ -1,9 +1,24 @@
-"""Shared fixtures: every test gets the real app on a real SQLite file in its own temp dir."""
+"""Shared fixtures: every test gets the real app on a real database of its own, and runs
+once per storage backend.
+
+- **SQLite**: a file in the test's temp dir (not ``:memory:``: WAL and durability are what
+  we test).
+- **PostgreSQL**: one throwaway cluster for the whole session (``tests/postgres_cluster.py``,
+  fsync on), one migrated template database, and a fresh clone of it per test (tens of ms).
+
+A test that uses ``config`` (or anything built on it: ``client``, ``db``, ``make_client``)
+runs as ``[sqlite-…]`` and ``[postgres-…]``. Marks: ``sqlite_only`` for tests of SQLite
+itself (file pragmas, WAL, file locking); ``postgres`` is on every PostgreSQL run, so
+``pytest -m "not postgres"`` runs without a cluster.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
-import sqlite3
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +29,110 @@ from aiohttp.test_utils import TestClient
 
 from app.config import Config
 from app.factory import create_app
+from tests.databases import Database, connect
+from tests.postgres_cluster import PostgresCluster, postgres_cluster
+
+BACKENDS = ("sqlite", "postgres")
+TEMPLATE = "template_migrated"
+# A throwaway cluster: commits still fsync (durability is under test), but no checkpoint
+# interrupts the run (each clone writes its template to the WAL).
+CLUSTER_SETTINGS = {"max_wal_size": "8GB", "checkpoint_timeout": "1h", "max_connections": 200}
+_numbers = itertools.count(1)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only(reason): a test of SQLite itself; not run on PostgreSQL"
+    )
+    config.addinivalue_line("markers", "postgres: runs on the PostgreSQL backend")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that reaches the ``backend`` fixture runs on each backend."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    only_sqlite = metafunc.definition.get_closest_marker("sqlite_only") is not None
+    metafunc.parametrize(
+        "backend",
+        [
+            pytest.param(name, marks=[pytest.mark.postgres] if name == "postgres" else [])
+            for name in BACKENDS
+            if name == "sqlite" or not only_sqlite
+        ],
+        scope="function",
+    )
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    """The session's PostgreSQL server (started on first use, removed at the end)."""
+    with postgres_cluster(settings=CLUSTER_SETTINGS) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_cluster: PostgresCluster) -> str:
+    """A database migrated by the service itself, marked a template for clones."""
+    from schema.postgres.store import PostgresStore
+
+    pg_cluster.create_database(TEMPLATE)
+    asyncio.run(PostgresStore(pg_cluster.url_for(TEMPLATE)).migrate())
+    pg_cluster.make_template(TEMPLATE)
+    return TEMPLATE
+
+
+class _Clones:
+    """Fresh clones of the template, made ``AHEAD`` at a time by a thread of their own
+    while tests run (a clone costs ~50-300 ms, mostly the server's I/O). Never dropped:
+    DROP DATABASE forces a checkpoint; the cluster's teardown removes them all."""
+
+    AHEAD = 2
+
+    def __init__(self, cluster: PostgresCluster, template: str) -> None:
+        self._cluster = cluster
+        self._template = template
+        self._ready: queue.Queue[str | BaseException] = queue.Queue(maxsize=self.AHEAD)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, name="pg-clones", daemon=True)
+        self._thread.start()
+
+    def _fill(self) -> None:
+        import psycopg
+
+        try:
+            with psycopg.connect(self._cluster.url_for("postgres"), autocommit=True) as admin:
+                while not self._stop.is_set():
+                    name = f"test_{next(_numbers)}"
+                    admin.execute(f"CREATE DATABASE {name} TEMPLATE {self._template}")  # type: ignore[call-overload]
+                    url = self._cluster.url_for(name)
+                    while not self._stop.is_set():
+                        try:
+                            self._ready.put(url, timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
+        except BaseException as exc:  # handed to the test that waits for a clone
+            self._ready.put(exc)
+
+    def take(self) -> str:
+        item = self._ready.get(timeout=120)
+        if isinstance(item, BaseException):
+            self._ready.put(item)  # every later test fails the same way
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def pg_clones(pg_cluster: PostgresCluster, pg_template: str) -> Iterator[_Clones]:
+    clones = _Clones(pg_cluster, pg_template)
+    try:
+        yield clones
+    finally:
+        clones.close()
 
 
 @pytest.fixture(autouse=True)
@@ -36,9 +155,22 @@ def no_error_logs(
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
-    """A file database under tmp_path (not :memory:: WAL and durability are what we test)."""
-    return Config(db=str(tmp_path / "events.db"), reconcile_minutes=0, access_log=False)
+def pg_database(pg_clones: _Clones) -> str:
+    """A fresh migrated PostgreSQL database (for tests of PostgreSQL only)."""
+    return pg_clones.take()
+
+
+@pytest.fixture
+def database(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """The ``--db`` of this test: a new SQLite file path or a new PostgreSQL database URL."""
+    if backend == "sqlite":
+        return str(tmp_path / "events.db")
+    return request.getfixturevalue("pg_clones").take()
+
+
+@pytest.fixture
+def config(database: str) -> Config:
+    return Config(db=database, reconcile_minutes=0, access_log=False)
 
 
 @pytest.fixture
@@ -58,9 +190,9 @@ def make_client(aiohttp_client: Callable[..., TestClient], config: Config):
 
 
 @pytest.fixture
-def db(config: Config, client: TestClient) -> Iterator[sqlite3.Connection]:
+def db(config: Config, client: TestClient) -> Iterator[Database]:
     """A second, independent connection for assertions (opened after the app migrated)."""
-    conn = sqlite3.connect(config.db, isolation_level=None)
+    conn = connect(config.db)
     try:
         yield conn
     finally:

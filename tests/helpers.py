@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sqlite3
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +12,8 @@ from aiohttp.test_utils import TestClient
 
 from app.keys import STORE
 from schema.storage import EventRow, WriteGroup
+from schema.timestamps import day_of
+from tests.databases import Database
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "errors"}
 
@@ -45,20 +47,47 @@ async def append(client: TestClient, rows: Sequence[EventRow]) -> None:
     await client.server.app[STORE].append([WriteGroup(rows)])
 
 
-def log_count(
-    db: sqlite3.Connection, event_type: str | None = None, lo: str = "", hi: str = "~"
-) -> int:
-    """The reference answer: COUNT(*) on the log, ``lo <= timestamp < hi``."""
-    sql = "SELECT COUNT(*) FROM events WHERE timestamp >= ? AND timestamp < ?"
-    args: list[Any] = [lo, hi]
+def log_count(db: Database, event_type: str | None = None, lo: str = "", hi: str = "~") -> int:
+    """The reference answer: COUNT(*) on the log, ``lo <= timestamp < hi`` (timestamp
+    strings; the defaults, or anything not a timestamp, leave that side open)."""
+    sql = "SELECT COUNT(*) FROM events WHERE true"
+    args: list[Any] = []
+    if lo[:1].isdigit():
+        sql += " AND timestamp >= ?"
+        args.append(_bound(lo))
+    if hi[:1].isdigit():
+        sql += " AND timestamp < ?"
+        args.append(_bound(hi))
     if event_type:
         sql += " AND event_type = ?"
         args.append(event_type)
     return db.execute(sql, args).fetchone()[0]
 
 
-def stored(db: sqlite3.Connection) -> int:
+def _bound(text: str) -> str:
+    """A prefix such as ``"2025"`` as the first instant it names (both backends compare
+    timestamps, not strings, on PostgreSQL)."""
+    full = "0000-01-01T00:00:00.000000Z"
+    return text + full[len(text) :] if len(text) < len(full) else text
+
+
+def stored(db: Database) -> int:
     return db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+
+
+def log_by_day(db: Database, lo: str = "", hi: str = "~") -> dict[tuple[str, str], int]:
+    """The reference rollup: events per (UTC day, type) counted from the log."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for timestamp, event_type in db.execute("SELECT timestamp, event_type FROM events"):
+        if lo <= timestamp < hi:
+            counts[(day_of(timestamp), event_type)] += 1
+    return dict(counts)
+
+
+def rollup_by_day(db: Database) -> dict[tuple[str, str], int]:
+    """The daily rollup as the service reads it (PostgreSQL spreads a count over slots)."""
+    sql = "SELECT day, event_type, SUM(count) FROM daily_event_counts GROUP BY day, event_type"
+    return {(day, event_type): n for day, event_type, n in db.execute(sql)}
 
 
 async def assert_problem(response: Any, status: int, *fields: str) -> dict[str, Any]:

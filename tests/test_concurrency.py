@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,11 +12,12 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from app.keys import STORE
+from app.keys import CONFIG, STORE
 from schema.events import EVENT_TYPES
 from schema.timestamps import format_ts
 from scripts.crash_test import Service
-from tests.helpers import append, log_count, row, view
+from tests.databases import Database, connect
+from tests.helpers import append, log_by_day, log_count, rollup_by_day, row, stored, view
 
 # Timestamps piled on and around day boundaries of 2024-03-09 … 2024-03-13, so every
 # query below mixes whole days (rollup) with cut days (log).
@@ -86,7 +86,7 @@ def _bounds(params: dict[str, str]) -> tuple[datetime, datetime]:
     return lo.astimezone(UTC), hi.astimezone(UTC)
 
 
-def reference(db: sqlite3.Connection, path: str, params: dict[str, str]) -> object:
+def reference(db: Database, path: str, params: dict[str, str]) -> object:
     """The answer computed independently, with COUNT(*) on the log."""
     lo, hi = _bounds(params)
     event_type = params.get("event_type")
@@ -108,7 +108,7 @@ def reference(db: sqlite3.Connection, path: str, params: dict[str, str]) -> obje
 
 
 async def test_hundreds_of_simultaneous_queries_mixed_with_ingest_are_all_exact(
-    seeded: TestClient, db: sqlite3.Connection
+    seeded: TestClient, db: Database
 ) -> None:
     """The fault outside testing found: two simultaneous cut-day counts got a 500 in one
     round in four (a shared connection's BEGIN inside another request's transaction)."""
@@ -152,32 +152,52 @@ async def test_simultaneous_identical_cut_day_queries_on_an_empty_database(
 
 
 async def test_a_read_that_stays_open_sees_one_snapshot_while_writes_commit(
-    seeded: TestClient,
+    seeded: TestClient, backend: str
 ) -> None:
     """A reader's transaction held open across 20 group commits keeps its snapshot, and
     the other readers serve meanwhile (the held one is not shared)."""
     store = seeded.server.app[STORE]
     count = "SELECT COUNT(*) FROM events"
-    async with store._readers.connection() as held:
-        await held.execute("BEGIN")
-        (before,) = (await held.execute_fetchall(count))[0]
+
+    async def commits_while_held() -> None:
         for n in range(20):  # each its own group commit, while the read stays open
             assert (await seeded.post("/events", json=view(f"w{n}"))).status == 202
             assert (await seeded.get("/analytics/event-counts")).status == 200
-        (after,) = (await held.execute_fetchall(count))[0]
-        await held.execute("COMMIT")
+
+    if backend == "sqlite":
+        async with store._readers.connection() as held:
+            await held.execute("BEGIN")
+            (before,) = (await held.execute_fetchall(count))[0]
+            await commits_while_held()
+            (after,) = (await held.execute_fetchall(count))[0]
+            await held.execute("COMMIT")
+    else:
+        async with (
+            store._readers().acquire() as held,
+            held.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            before = await held.fetchval(count)
+            await commits_while_held()
+            after = await held.fetchval(count)
     assert before == after  # one snapshot
-    assert (await store._fetch(count))[0][0] == before + 20
+    assert stored_now(seeded) == before + 20
+
+
+def stored_now(client: TestClient) -> int:
+    conn = connect(client.server.app[CONFIG].db)
+    try:
+        return stored(conn)
+    finally:
+        conn.close()
 
 
 @pytest.mark.slow
 async def test_one_idempotency_key_sent_to_two_processes_at_once_stores_one_event(
-    tmp_path: Path,
+    database: str, tmp_path: Path
 ) -> None:
-    """Two service processes on one file, 10 requests each with the same key at the same
-    moment: every answer is the same 202 (never a 500 from a key-uniqueness race)."""
-    db = tmp_path / "shared.db"
-    services = [Service(db, log_path=tmp_path / f"s{i}.log") for i in range(2)]
+    """Two service processes on one database, 10 requests each with the same key at the
+    same moment: every answer is the same 202 (never a 500 from a key-uniqueness race)."""
+    services = [Service(database, log_path=tmp_path / f"s{i}.log") for i in range(2)]
     for service in services:
         service.start()
     try:
@@ -200,9 +220,10 @@ async def test_one_idempotency_key_sent_to_two_processes_at_once_stores_one_even
     finally:
         for service in services:
             service.terminate()
-    conn = sqlite3.connect(db)
+    conn = connect(database)
     try:
-        assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 5
+        assert stored(conn) == 5
+        assert rollup_by_day(conn) == log_by_day(conn)
         assert conn.execute("SELECT SUM(count) FROM daily_event_counts").fetchone()[0] == 5
     finally:
         conn.close()

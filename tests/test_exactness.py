@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -11,7 +10,8 @@ from aiohttp.test_utils import TestClient
 
 from schema.events import EVENT_TYPES
 from schema.timestamps import format_ts
-from tests.helpers import append, log_count, row
+from tests.databases import Database
+from tests.helpers import append, log_by_day, log_count, rollup_by_day, row
 
 START = datetime(2025, 4, 28, tzinfo=UTC)
 SPAN = timedelta(days=35)
@@ -56,7 +56,7 @@ async def random_log(client: TestClient) -> TestClient:
 
 
 async def test_api_counts_equal_count_star_for_random_filters(
-    random_log: TestClient, db: sqlite3.Connection
+    random_log: TestClient, db: Database
 ) -> None:
     rng = random.Random(7)
     for _ in range(150):
@@ -87,7 +87,7 @@ async def test_api_counts_equal_count_star_for_random_filters(
 
 
 async def test_counts_by_day_equal_group_by_on_the_log(
-    random_log: TestClient, db: sqlite3.Connection
+    random_log: TestClient, db: Database
 ) -> None:
     response = await random_log.get(
         "/analytics/event-counts-by-day",
@@ -95,14 +95,7 @@ async def test_counts_by_day_equal_group_by_on_the_log(
     )
     days = (await response.json())["days"]
     lo, hi = "2025-04-28T01:00:00.000000Z", "2025-06-02T07:15:00.000001Z"
-    expected = {
-        (day, t): n
-        for day, t, n in db.execute(
-            "SELECT substr(timestamp, 1, 10), event_type, COUNT(*) FROM events"
-            " WHERE timestamp >= ? AND timestamp < ? GROUP BY 1, 2",
-            (lo, hi),
-        )
-    }
+    expected = log_by_day(db, lo, hi)
     assert days[0]["date"] == "2025-04-28" and days[-1]["date"] == "2025-06-02"
     for entry in days:
         for t in EVENT_TYPES:
@@ -110,9 +103,7 @@ async def test_counts_by_day_equal_group_by_on_the_log(
     assert sum(entry[t] for entry in days for t in EVENT_TYPES) == sum(expected.values())
 
 
-async def test_rollup_equals_group_by_after_api_ingest(
-    client: TestClient, db: sqlite3.Connection
-) -> None:
+async def test_rollup_equals_group_by_after_api_ingest(client: TestClient, db: Database) -> None:
     import asyncio
 
     import orjson
@@ -129,10 +120,4 @@ async def test_rollup_equals_group_by_after_api_ingest(
         )
     )
     assert {r.status for r in responses} == {202}
-    rollup = set(db.execute("SELECT day, event_type, count FROM daily_event_counts"))
-    log = set(
-        db.execute(
-            "SELECT substr(timestamp, 1, 10), event_type, COUNT(*) FROM events GROUP BY 1, 2"
-        )
-    )
-    assert rollup == log
+    assert rollup_by_day(db) == log_by_day(db)

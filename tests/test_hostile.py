@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import io
 import logging
-import sqlite3
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -23,6 +22,7 @@ from app.config import Config
 from app.factory import create_app
 from app.logs import AccessLogger
 from schema.events import MAX_BATCH_BODY_BYTES, MAX_PAYLOAD_BYTES
+from tests.databases import Database, connect
 from tests.helpers import assert_problem, stored, view
 
 JSON = {"Content-Type": "application/json"}
@@ -34,7 +34,7 @@ async def post(client: TestClient, path: str, raw: bytes):  # type: ignore[no-un
 
 
 def count(config: Config) -> int:
-    conn = sqlite3.connect(config.db)
+    conn = connect(config.db)
     try:
         return conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
     finally:
@@ -123,15 +123,13 @@ def _padded_batch(size: int) -> bytes:
     return raw
 
 
-async def test_batch_of_exactly_1_mib_is_accepted(
-    client: TestClient, db: sqlite3.Connection
-) -> None:
+async def test_batch_of_exactly_1_mib_is_accepted(client: TestClient, db: Database) -> None:
     response = await post(client, "/events/batch", _padded_batch(MAX_BATCH_BODY_BYTES))
     assert response.status == 202, await response.text()
     assert stored(db) == 1000
 
 
-async def test_batch_one_byte_over_1_mib_is_413(client: TestClient, db: sqlite3.Connection) -> None:
+async def test_batch_one_byte_over_1_mib_is_413(client: TestClient, db: Database) -> None:
     await assert_problem(
         await post(client, "/events/batch", _padded_batch(MAX_BATCH_BODY_BYTES + 1)), 413
     )
@@ -146,7 +144,7 @@ def _payload_of_size(size: int) -> dict[str, object]:
 
 
 async def test_payload_of_exactly_16_kib_is_accepted_one_more_byte_is_not(
-    client: TestClient, db: sqlite3.Connection
+    client: TestClient, db: Database
 ) -> None:
     at = {"user_id": "u", "event_type": "view", "payload": _payload_of_size(MAX_PAYLOAD_BYTES)}
     over = {**at, "payload": _payload_of_size(MAX_PAYLOAD_BYTES + 1)}
@@ -206,7 +204,7 @@ HOSTILE_BODIES = [
 @pytest.mark.parametrize("raw", HOSTILE_BODIES)
 @pytest.mark.parametrize("path", ["/events", "/events/batch"])
 async def test_hostile_body_is_a_4xx_and_stores_nothing(
-    client: TestClient, db: sqlite3.Connection, path: str, raw: bytes
+    client: TestClient, db: Database, path: str, raw: bytes
 ) -> None:
     if path == "/events/batch" and raw.startswith(b"{"):
         raw = b'{"events":[' + raw + b"]}"
@@ -217,7 +215,7 @@ async def test_hostile_body_is_a_4xx_and_stores_nothing(
 
 
 async def test_nul_and_astral_characters_in_keys_are_stored_verbatim(
-    client: TestClient, db: sqlite3.Connection
+    client: TestClient, db: Database
 ) -> None:
     event = view(**{"k\x00ey": "v\x00", "\U0001d11e": "𝄞", "\\u0000": "\\"})
     batch = {"events": [event, event]}
@@ -227,9 +225,7 @@ async def test_nul_and_astral_characters_in_keys_are_stored_verbatim(
     assert payloads == [event["payload"]] * 3
 
 
-async def test_surrogate_pair_escapes_are_one_character(
-    client: TestClient, db: sqlite3.Connection
-) -> None:
+async def test_surrogate_pair_escapes_are_one_character(client: TestClient, db: Database) -> None:
     raw = b'{"user_id":"\\ud834\\udd1e","event_type":"view","payload":{"url":"x"}}'
     assert (await post(client, "/events", raw)).status == 202
     assert db.execute("SELECT user_id FROM events").fetchone() == ("𝄞",)

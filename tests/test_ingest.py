@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 from unittest.mock import ANY
 
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from tests.databases import Database
 from tests.helpers import assert_problem, click, location, stored, view
 
 UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -41,7 +41,7 @@ VALID = [
 
 @pytest.mark.parametrize("event", VALID)
 async def test_valid_event_is_acknowledged_and_stored(
-    client: TestClient, db: sqlite3.Connection, event: dict
+    client: TestClient, db: Database, event: dict
 ) -> None:
     response = await post(client, event)
     assert response.status == 202, await response.text()
@@ -61,7 +61,8 @@ async def test_valid_event_is_acknowledged_and_stored(
     assert orjson.loads(payload) == event["payload"]  # kept as sent, extra keys included
     day = body["timestamp"][:10]
     assert db.execute(
-        "SELECT count FROM daily_event_counts WHERE day = ? AND event_type = ?", (day, event_type)
+        "SELECT SUM(count) FROM daily_event_counts WHERE day = ? AND event_type = ?",
+        (day, event_type),
     ).fetchone() == (1,)
 
 
@@ -136,7 +137,7 @@ INVALID = [
 
 @pytest.mark.parametrize(("event", "fields"), INVALID)
 async def test_invalid_event_is_400_naming_every_field(
-    client: TestClient, db: sqlite3.Connection, event: dict, fields: list[str]
+    client: TestClient, db: Database, event: dict, fields: list[str]
 ) -> None:
     body = await assert_problem(await post(client, event), 400, *fields)
     assert body["title"] == "Bad Request"
@@ -175,7 +176,7 @@ REPEATED = [
 
 @pytest.mark.parametrize(("raw", "fields"), REPEATED)
 async def test_a_repeated_key_anywhere_is_400(
-    client: TestClient, db: sqlite3.Connection, raw: bytes, fields: list[str]
+    client: TestClient, db: Database, raw: bytes, fields: list[str]
 ) -> None:
     """Parsers disagree on which of two equal keys wins (orjson keeps the last)."""
     body = await assert_problem(await post(client, raw), 400, *fields)
@@ -242,14 +243,14 @@ async def test_payload_depth_limit_is_inclusive(client: TestClient) -> None:
     ],
 )
 async def test_non_json_or_non_object_body_is_400(
-    client: TestClient, db: sqlite3.Connection, raw: bytes
+    client: TestClient, db: Database, raw: bytes
 ) -> None:
     await assert_problem(await post(client, raw), 400)
     assert stored(db) == 0
 
 
 async def test_nul_characters_in_payload_strings_are_stored_verbatim(
-    client: TestClient, db: sqlite3.Connection
+    client: TestClient, db: Database
 ) -> None:
     event = view(title="t\x00", extra={"k\x00": ["\x00"]})
     response = await post(client, event)
@@ -259,9 +260,7 @@ async def test_nul_characters_in_payload_strings_are_stored_verbatim(
 
 
 @pytest.mark.parametrize("user", ["a\x00b", "\x00", " \x00 "])
-async def test_nul_character_in_user_id_is_400(
-    client: TestClient, db: sqlite3.Connection, user: str
-) -> None:
+async def test_nul_character_in_user_id_is_400(client: TestClient, db: Database, user: str) -> None:
     """Refused on every backend (PostgreSQL's text cannot hold it): never a 500."""
     body = await assert_problem(await post(client, view(user=user)), 400, "user_id")
     assert body["errors"][0]["message"] == "must not contain the NUL character"
@@ -272,7 +271,7 @@ async def test_nul_character_in_user_id_is_400(
     assert stored(db) == 0
 
 
-async def test_sql_looking_strings_are_data(client: TestClient, db: sqlite3.Connection) -> None:
+async def test_sql_looking_strings_are_data(client: TestClient, db: Database) -> None:
     sneaky = "x'); DROP TABLE events; --"
     assert (await post(client, view(user=sneaky, url=sneaky))).status == 202
     assert db.execute("SELECT user_id FROM events").fetchone() == (sneaky,)
@@ -303,7 +302,7 @@ async def test_json_and_beacon_content_types_are_accepted(
     ],
 )
 async def test_other_content_types_are_415(
-    client: TestClient, db: sqlite3.Connection, content_type: str
+    client: TestClient, db: Database, content_type: str
 ) -> None:
     await assert_problem(await post(client, view(), {"Content-Type": content_type}), 415)
     assert stored(db) == 0
@@ -316,7 +315,7 @@ async def test_missing_content_type_is_415(client: TestClient) -> None:
     await assert_problem(response, 415)
 
 
-async def test_body_over_64_kib_is_413(client: TestClient, db: sqlite3.Connection) -> None:
+async def test_body_over_64_kib_is_413(client: TestClient, db: Database) -> None:
     raw = orjson.dumps(view(pad="x" * (64 * 1024)))
     await assert_problem(await post(client, raw), 413)
     assert stored(db) == 0
@@ -342,9 +341,7 @@ async def test_chunked_oversize_body_is_413(client: TestClient) -> None:
 # --- Idempotency-Key ---------------------------------------------------------------
 
 
-async def test_idempotency_key_replay_stores_one_event(
-    client: TestClient, db: sqlite3.Connection
-) -> None:
+async def test_idempotency_key_replay_stores_one_event(client: TestClient, db: Database) -> None:
     headers = {**JSON, "Idempotency-Key": "retry-me-1"}
     first = await post(client, view(), headers)
     again = await post(client, view(), headers)
@@ -354,9 +351,7 @@ async def test_idempotency_key_replay_stores_one_event(
     assert db.execute("SELECT SUM(count) FROM daily_event_counts").fetchone() == (1,)
 
 
-async def test_idempotency_key_with_other_body_is_422(
-    client: TestClient, db: sqlite3.Connection
-) -> None:
+async def test_idempotency_key_with_other_body_is_422(client: TestClient, db: Database) -> None:
     headers = {**JSON, "Idempotency-Key": "k-422"}
     assert (await post(client, view(url="https://a/"), headers)).status == 202
     await assert_problem(
@@ -366,7 +361,7 @@ async def test_idempotency_key_with_other_body_is_422(
 
 
 async def test_concurrent_retries_with_one_key_store_one_event(
-    client: TestClient, db: sqlite3.Connection
+    client: TestClient, db: Database
 ) -> None:
     import asyncio
 
@@ -379,9 +374,7 @@ async def test_concurrent_retries_with_one_key_store_one_event(
 
 
 @pytest.mark.parametrize("key", ["", "has space", "é", "x" * 256, "tab\tkey"])
-async def test_malformed_idempotency_key_is_400(
-    client: TestClient, db: sqlite3.Connection, key: str
-) -> None:
+async def test_malformed_idempotency_key_is_400(client: TestClient, db: Database, key: str) -> None:
     response = await client.post(
         "/events", data=orjson.dumps(view()), headers={**JSON, "Idempotency-Key": key}
     )
@@ -431,7 +424,7 @@ async def test_event_id_embeds_the_timestamps_millisecond(client: TestClient) ->
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
 async def test_body_that_does_not_match_its_content_encoding_is_400(
-    client: TestClient, db: sqlite3.Connection, encoding: str
+    client: TestClient, db: Database, encoding: str
 ) -> None:
     response = await post(client, b"xx", {**JSON, "Content-Encoding": encoding})
     await assert_problem(response, 400, "Content-Encoding")
@@ -448,7 +441,7 @@ async def test_gzip_body_is_accepted(client: TestClient) -> None:
 
 
 async def test_bad_idempotency_key_and_bad_body_are_reported_together(
-    client: TestClient, db: sqlite3.Connection
+    client: TestClient, db: Database
 ) -> None:
     headers = {**JSON, "Idempotency-Key": "has space"}
     await assert_problem(

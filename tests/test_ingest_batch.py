@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import io
-import sqlite3
 
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from tests.databases import Database
 from tests.helpers import assert_problem, click, location, stored, view
 
 JSON = {"Content-Type": "application/json"}
@@ -20,9 +20,7 @@ async def post_batch(client: TestClient, body: object, headers: dict[str, str] |
     return await client.post("/events/batch", data=io.BytesIO(data), headers=headers or JSON)
 
 
-async def test_batch_is_acknowledged_in_request_order(
-    client: TestClient, db: sqlite3.Connection
-) -> None:
+async def test_batch_is_acknowledged_in_request_order(client: TestClient, db: Database) -> None:
     events = [view(user="a"), click(user="b"), location(user="c")]
     response = await post_batch(client, {"events": events})
     assert response.status == 202
@@ -35,7 +33,7 @@ async def test_batch_is_acknowledged_in_request_order(
     assert db.execute("SELECT SUM(count) FROM daily_event_counts").fetchone() == (3,)
 
 
-async def test_batch_of_1000_is_accepted(client: TestClient, db: sqlite3.Connection) -> None:
+async def test_batch_of_1000_is_accepted(client: TestClient, db: Database) -> None:
     response = await post_batch(client, {"events": [view(user=f"u{i}") for i in range(1000)]})
     assert response.status == 202
     assert (await response.json())["accepted"] == 1000
@@ -76,14 +74,14 @@ async def test_batch_of_1000_is_accepted(client: TestClient, db: sqlite3.Connect
     ],
 )
 async def test_invalid_batch_stores_nothing(
-    client: TestClient, db: sqlite3.Connection, body: object, fields: list[str]
+    client: TestClient, db: Database, body: object, fields: list[str]
 ) -> None:
     await assert_problem(await post_batch(client, body), 400, *fields)
     assert stored(db) == 0
     assert db.execute("SELECT COUNT(*) FROM daily_event_counts").fetchone() == (0,)
 
 
-async def test_batch_over_1_mib_is_413(client: TestClient, db: sqlite3.Connection) -> None:
+async def test_batch_over_1_mib_is_413(client: TestClient, db: Database) -> None:
     events = [view(pad="x" * 15_000) for _ in range(80)]
     raw = orjson.dumps({"events": events})
     assert len(raw) > 1024 * 1024
@@ -92,7 +90,7 @@ async def test_batch_over_1_mib_is_413(client: TestClient, db: sqlite3.Connectio
 
 
 async def test_batch_idempotency_key_covers_the_whole_batch(
-    client: TestClient, db: sqlite3.Connection
+    client: TestClient, db: Database
 ) -> None:
     headers = {**JSON, "Idempotency-Key": "batch-1"}
     body = {"events": [view(), click()]}

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -21,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schema.events import EVENT_TYPES, check_batch, check_event
+from tests.databases import Database
 from tests.helpers import append, log_count, row
 
 # --- validators -------------------------------------------------------------------------
@@ -182,7 +182,7 @@ def _utc(text: str) -> str:
     ),
 )
 async def test_api_counts_equal_count_star_on_the_log(
-    client: TestClient, db: sqlite3.Connection, events: list[tuple[str, int]], filters: list
+    client: TestClient, db: Database, events: list[tuple[str, int]], filters: list
 ) -> None:
     # One database for all examples: the log grows, and the reference is always the log.
     await append(client, [row(kind, _ts(offset)) for kind, offset in events])

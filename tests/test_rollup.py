@@ -4,7 +4,6 @@ dry runs, the scheduled job and the command line."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import sys
 from collections.abc import Sequence
 from datetime import date
@@ -20,6 +19,9 @@ from app.keys import RUNNER, STORE
 from rollup import recount
 from schema.storage import EventRow, WriteGroup
 from schema.timestamps import parse_day
+from tests.databases import Database, connect
+from tests.helpers import log_by_day
+from tests.helpers import rollup_by_day as rollup
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "s3cret-admin-token"
@@ -44,16 +46,6 @@ async def append(client: TestClient, rows: Sequence[EventRow]) -> None:
     await client.server.app[STORE].append([WriteGroup(rows)])
 
 
-def log_by_day(db: sqlite3.Connection) -> dict[tuple[str, str], int]:
-    """The reference: GROUP BY on the log for every day and type."""
-    sql = "SELECT substr(timestamp, 1, 10), event_type, COUNT(*) FROM events GROUP BY 1, 2"
-    return {(d, t): n for d, t, n in db.execute(sql)}
-
-
-def rollup(db: sqlite3.Connection) -> dict[tuple[str, str], int]:
-    return {(d, t): n for d, t, n in db.execute("SELECT * FROM daily_event_counts")}
-
-
 @pytest.fixture
 def seed_rows() -> list[EventRow]:
     """May 1–5: view ×3, click ×2, location ×1 per day, with edge-of-day timestamps."""
@@ -65,14 +57,14 @@ def seed_rows() -> list[EventRow]:
     return rows
 
 
-def tamper(db: sqlite3.Connection) -> None:
+def tamper(db: Database) -> None:
     """A wrong count, a missing row, a row for a day with no events, a stray type."""
     db.execute(
         "UPDATE daily_event_counts SET count = 7 WHERE day = '2025-05-01' AND event_type = 'view'"
     )
     db.execute("DELETE FROM daily_event_counts WHERE day = '2025-05-02' AND event_type = 'click'")
-    db.execute("INSERT INTO daily_event_counts VALUES ('2025-04-20', 'view', 4)")
-    db.execute("INSERT INTO daily_event_counts VALUES ('2025-05-04', 'scroll', 2)")
+    db.execute(f"{INSERT_DAILY} VALUES ('2025-04-20', 'view', 4)")
+    db.execute(f"{INSERT_DAILY} VALUES ('2025-05-04', 'scroll', 2)")
 
 
 TAMPERED = {
@@ -84,6 +76,9 @@ TAMPERED = {
         {"view": 3, "click": 2, "location": 1},
     ),
 }
+
+
+INSERT_DAILY = "INSERT INTO daily_event_counts (day, event_type, count)"
 
 
 def changes(report: dict) -> dict[str, tuple[dict[str, int], dict[str, int]]]:
@@ -104,7 +99,7 @@ async def admin_client(make_client) -> TestClient:
 @pytest.fixture
 def conn(admin_client: TestClient, config: Config):
     """A direct connection to the served database (opened after the app migrated it)."""
-    db = sqlite3.connect(config.db, isolation_level=None)
+    db = connect(config.db)
     yield db
     db.close()
 
@@ -127,7 +122,7 @@ async def test_recount_day_repairs_one_day_in_one_transaction(admin_client, conn
 
 async def test_days_to_check_covers_log_span_and_rollup_days(admin_client, conn, seed_rows):
     await append(admin_client, [*seed_rows, row("view", may(9))])
-    conn.execute("INSERT INTO daily_event_counts VALUES ('2024-12-31', 'view', 1)")
+    conn.execute(f"{INSERT_DAILY} VALUES ('2024-12-31', 'view', 1)")
     store = admin_client.server.app[STORE]
     days = await store.days_to_check(None, None)
     assert days == ["2024-12-31"] + [f"2025-05-{d:02d}" for d in range(1, 10)]
@@ -260,8 +255,16 @@ async def test_rebuild_while_ingesting_is_exact_and_no_request_fails(admin_clien
 
 async def test_a_day_whose_events_are_gone_from_the_rollup_side_is_removed(admin_client, conn):
     """A rollup row for a day without events is deleted, not left at a stale count."""
-    conn.execute("INSERT INTO daily_event_counts VALUES ('2025-01-01', 'click', 9)")
-    conn.execute("INSERT INTO daily_event_counts VALUES ('not-a-day', 'view', 1)")
+    conn.execute(f"{INSERT_DAILY} VALUES ('2025-01-01', 'click', 9)")
+    report = await admin(admin_client, "reconcile")
+    assert changes(report) == {"2025-01-01": ({"click": 9}, {})}
+    assert rollup(conn) == {}
+
+
+@pytest.mark.sqlite_only("a PostgreSQL date column cannot hold a key that is not a date")
+async def test_a_rollup_key_that_is_not_a_day_is_removed(admin_client, conn):
+    conn.execute(f"{INSERT_DAILY} VALUES ('2025-01-01', 'click', 9)")
+    conn.execute(f"{INSERT_DAILY} VALUES ('not-a-day', 'view', 1)")
     report = await admin(admin_client, "reconcile")
     assert changes(report) == {"2025-01-01": ({"click": 9}, {}), "not-a-day": ({"view": 1}, {})}
     assert rollup(conn) == {}
@@ -289,7 +292,7 @@ async def test_scheduler_reconciles_on_its_interval_and_stops_on_shutdown(make_c
     client = await make_client(admin_token=TOKEN, reconcile_minutes=0.005)  # every 0.3 s
     runner = client.server.app[RUNNER]
     await append(client, [row("view", may(3))])
-    db = sqlite3.connect(config.db, isolation_level=None)
+    db = connect(config.db)
     try:
         db.execute("UPDATE daily_event_counts SET count = 5")
         status = {}
@@ -318,14 +321,14 @@ async def test_scheduler_reconciles_on_its_interval_and_stops_on_shutdown(make_c
 async def test_shutdown_during_a_pass_waits_for_the_current_day_only(make_client, config):
     client = await make_client(admin_token=TOKEN)
     runner = client.server.app[RUNNER]
-    db = sqlite3.connect(config.db, isolation_level=None)
+    db = connect(config.db)
     try:  # 20,000 stray days: 20,000 transactions, so the pass is still running at shutdown
-        with db:  # one transaction
-            db.execute("BEGIN")
-            db.executemany(
-                "INSERT INTO daily_event_counts VALUES (?, 'view', 1)",
-                [(date.fromordinal(700_000 + i).isoformat(),) for i in range(20_000)],
-            )
+        db.execute("BEGIN")
+        db.executemany(
+            f"{INSERT_DAILY} VALUES (?, 'view', 1)",
+            [(date.fromordinal(700_000 + i).isoformat(),) for i in range(20_000)],
+        )
+        db.execute("COMMIT")
         task = asyncio.create_task(runner.run("rebuild"))
         await asyncio.sleep(0.05)
         assert runner.running

@@ -17,6 +17,7 @@ from pathlib import Path
 import asyncpg
 
 from schema.postgres import locks
+from schema.storage import SchemaTooNewError
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,6 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 CURRENT_VERSION_SQL = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
 RECORD_VERSION_SQL = "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)"
-
-
-class SchemaTooNewError(RuntimeError):
-    """The database was written by a newer version of the service."""
 
 
 def migrations() -> list[tuple[int, Path]]:

@@ -357,24 +357,34 @@ class PostgresStore:
     async def migrate(self) -> int:
         conn = await self._connect("migrate", write=True)
         try:
-            version = await migrate(conn, self.description)
-            await self._ensure_months(
-                conn, _months_around(datetime.now(UTC).date(), 1, MONTHS_AHEAD)
-            )
-            await self._ensure_months(conn, [m for (m,) in await conn.fetch(DEFAULT_MONTHS_SQL)])
-            return version
+            return await self._migrate(conn)
         finally:
             await conn.close()
 
-    @_translated
-    async def open(self) -> None:
-        await self.migrate()
-        conn = await self._writer_connection()
+    async def _migrate(self, conn: asyncpg.Connection) -> int:
+        """Migrate, then make sure the partitions around today exist, and those of any
+        month that has rows waiting in the DEFAULT partition."""
+        version = await migrate(conn, self.description)
         self._months = {
             date(int(name[7:11]), int(name[12:14]), 1)
             for (name,) in await conn.fetch(PARTITIONS_SQL)
             if name.startswith("events_") and name[7:11].isdigit()
         }
+        months = _months_around(datetime.now(UTC).date(), 1, MONTHS_AHEAD)
+        months += [month for (month,) in await conn.fetch(DEFAULT_MONTHS_SQL)]
+        await self._ensure_months(conn, months)
+        return version
+
+    @_translated
+    async def open(self) -> None:
+        conn = await self._connect("writer", write=True)
+        try:
+            await self._migrate(conn)
+            self.slot = await self._claim_slot(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        self._writer = conn
         self._pool = await asyncpg.create_pool(
             self.url,
             min_size=1,
@@ -382,7 +392,7 @@ class PostgresStore:
             timeout=CONNECT_TIMEOUT_S,
             server_settings=self._settings("reader", write=False),
         )
-        log.info("PostgreSQL %s: writer adds to rollup slot %d", self.description, self.slot)
+        log.info("PostgreSQL %s: the writer adds to rollup slot %d", self.description, self.slot)
 
     async def close(self) -> None:
         """Wait for running operations (the pool for its acquired connections, the

@@ -10,14 +10,12 @@ import re
 import sqlite3
 from pathlib import Path
 
+from schema.storage import SchemaTooNewError
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _NAME = re.compile(r"(\d{4})_[a-z0-9_]+\.sql", re.ASCII)  # fullmatch only
-
-
-class SchemaTooNewError(RuntimeError):
-    """The database was written by a newer version of the service."""
 
 
 def migrations() -> list[tuple[int, Path]]:

@@ -43,9 +43,14 @@ BEGIN
         USING ERRCODE = 'integrity_constraint_violation';
 END $$;
 
+-- Row triggers of a partitioned table are cloned to every partition; TRUNCATE triggers
+-- are not (a TRUNCATE of events fires those of its partitions), so each partition gets
+-- its own (see ensure_event_partition).
 CREATE TRIGGER "events#no_update_delete" BEFORE UPDATE OR DELETE ON events
     FOR EACH ROW EXECUTE FUNCTION events_append_only();
 CREATE TRIGGER "events#no_truncate" BEFORE TRUNCATE ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION events_append_only();
+CREATE TRIGGER "events#no_truncate" BEFORE TRUNCATE ON events_default
     FOR EACH STATEMENT EXECUTE FUNCTION events_append_only();
 
 -- Daily counts per UTC day and event type: a cache of the log that can always be
@@ -108,7 +113,11 @@ BEGIN
         RETURN false;
     END IF;
     PERFORM pg_advisory_xact_lock(hashtext('analytics.ensure_event_partition'));
-    IF to_regclass(name) IS NOT NULL THEN  -- another instance made it meanwhile
+    -- Another instance may have made it meanwhile. Not to_regclass() again: this session's
+    -- catalog cache may still hold "no such table" (an advisory lock processes no cache
+    -- invalidations); a query of pg_class reads the committed rows.
+    IF EXISTS (SELECT FROM pg_class WHERE relname = name
+               AND relnamespace = current_schema()::regnamespace) THEN
         RETURN false;
     END IF;
     EXECUTE format('CREATE TABLE %I (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
@@ -125,5 +134,7 @@ BEGIN
     EXECUTE format('ALTER TABLE events ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
                    name, lo, hi);
     EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I', name, name || '_bound');
+    EXECUTE format('CREATE TRIGGER "events#no_truncate" BEFORE TRUNCATE ON %I '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION events_append_only()', name);
     RETURN true;
 END $$;

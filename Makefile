@@ -6,7 +6,7 @@ DB     ?= data/events.db
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 
-.PHONY: run test lint format bench chromium clean-db
+.PHONY: run test lint format bench chromium postgres clean-db
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,12 +24,16 @@ run: $(VENV)/.runtime
 	@if [ -f generate_events.py ]; then $(PY) generate_events.py --db $(DB) --if-empty; fi
 	$(PY) -m app serve --db $(DB) --host $(HOST) --port $(PORT)
 
-## test: the whole test suite, browser tests included (installs Chromium when missing)
-test: $(VENV)/.dev chromium
+## test: the whole test suite on SQLite and on PostgreSQL, browser tests included (installs
+## Chromium and Debian's postgresql when missing; the tests start their own throwaway cluster)
+test: $(VENV)/.dev chromium postgres
 	$(PY) -m pytest
 
 chromium:
 	@scripts/ensure-chromium
+
+postgres:
+	@scripts/ensure-postgres >/dev/null
 
 lint: $(VENV)/.dev
 	$(PY) -m ruff check .

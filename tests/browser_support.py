@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -25,6 +24,7 @@ from playwright.async_api import Browser, async_playwright
 
 from app.config import Config
 from app.factory import create_app
+from tests.databases import connect
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -63,7 +63,7 @@ class LiveServer:
 
     def events(self, event_type: str | None = None) -> list[dict[str, Any]]:
         """Rows of the log (payload decoded), read with an independent connection."""
-        conn = sqlite3.connect(self.config.db)
+        conn = connect(self.config.db)
         try:
             sql = "SELECT event_id, user_id, event_type, timestamp, payload FROM events"
             args: tuple[str, ...] = ()
@@ -123,9 +123,14 @@ def _recorder(server: LiveServer):
 
 @asynccontextmanager
 async def live_server(
-    tmp_path: Path, *, allow_localhost_origin: bool = False, admin_token: str = ""
+    tmp_path: Path,
+    *,
+    allow_localhost_origin: bool = False,
+    admin_token: str = "",
+    database: str | None = None,
 ) -> AsyncIterator[LiveServer]:
-    """The real app on a free port of 127.0.0.1 with a temp database.
+    """The real app on a free port of 127.0.0.1 with a temp database (or ``database``, a
+    ``--db`` value such as the ``database`` fixture's, to run on either backend).
 
     With ``allow_localhost_origin`` the service allows CORS from ``http://localhost:<port>``:
     a page loaded from that name is cross-origin to ``http://127.0.0.1:<port>``.
@@ -134,7 +139,7 @@ async def live_server(
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = Config(
-        db=str(tmp_path / "events.db"),
+        db=database or str(tmp_path / "events.db"),
         reconcile_minutes=0,
         access_log=False,
         cors_origins=(f"http://localhost:{port}",) if allow_localhost_origin else (),

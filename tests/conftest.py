@@ -7,9 +7,10 @@ once per storage backend.
   fsync on), one migrated template database, and a fresh clone of it per test (tens of ms).
 
 A test that uses ``config`` (or anything built on it: ``client``, ``db``, ``make_client``)
-runs as ``[sqlite-…]`` and ``[postgres-…]``. Marks: ``sqlite_only`` for tests of SQLite
-itself (file pragmas, WAL, file locking); ``postgres`` is on every PostgreSQL run, so
-``pytest -m "not postgres"`` runs without a cluster.
+runs as ``[sqlite-…]`` and ``[postgres-…]``. Marks that keep a test on SQLite alone:
+``sqlite_only`` (a test of SQLite itself: file pragmas, WAL, file locking) and
+``backend_independent`` (HTTP behaviour above the storage: parsing, auth, OpenAPI).
+``postgres`` is on every PostgreSQL run, so ``pytest -m "not postgres"`` needs no cluster.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "sqlite_only(reason): a test of SQLite itself; not run on PostgreSQL"
     )
+    config.addinivalue_line(
+        "markers",
+        "backend_independent: tests HTTP behaviour above the storage; runs once, on SQLite",
+    )
     config.addinivalue_line("markers", "postgres: runs on the PostgreSQL backend")
 
 
@@ -51,7 +56,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every test that reaches the ``backend`` fixture runs on each backend."""
     if "backend" not in metafunc.fixturenames:
         return
-    only_sqlite = metafunc.definition.get_closest_marker("sqlite_only") is not None
+    only_sqlite = any(
+        metafunc.definition.get_closest_marker(name) is not None
+        for name in ("sqlite_only", "backend_independent")
+    )
     metafunc.parametrize(
         "backend",
         [

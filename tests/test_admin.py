@@ -8,6 +8,9 @@ import json
 
 import pytest
 
+# Auth and option parsing, above the storage (passes themselves: test_rollup.py).
+pytestmark = pytest.mark.backend_independent
+
 TOKEN = "s3cret-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ROUTES = [

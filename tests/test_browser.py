@@ -17,7 +17,7 @@ import pytest
 import uuid_utils
 from playwright.async_api import BrowserContext, Page
 
-from schema.sqlite.store import SQLiteStore
+from schema.backends import open_storage
 from schema.storage import WriteGroup
 from schema.timestamps import format_ts
 from tests.browser_support import (
@@ -127,8 +127,10 @@ async def test_pages_are_served_with_types_and_security_headers(tmp_path: Path) 
 
 
 @pytest.mark.browser
-async def test_page_load_registers_worker_and_stores_the_view(tmp_path: Path) -> None:
-    async with live_server(tmp_path) as server, chromium() as browser:
+async def test_page_load_registers_worker_and_stores_the_view(
+    tmp_path: Path, database: str
+) -> None:
+    async with live_server(tmp_path, database=database) as server, chromium() as browser:
         context = await browser.new_context()
         page, console = await open_page(context, server.url + "/")
         await wait_for_worker_control(page)
@@ -242,9 +244,9 @@ async def test_location_denied_is_shown_and_nothing_is_sent(tmp_path: Path) -> N
     ],
 )
 async def test_worker_retries_transient_failures_only(
-    tmp_path: Path, fault: str, attempts: int, stored: int
+    tmp_path: Path, database: str, fault: str, attempts: int, stored: int
 ) -> None:
-    async with live_server(tmp_path) as server, chromium() as browser:
+    async with live_server(tmp_path, database=database) as server, chromium() as browser:
         context = await browser.new_context()
         page, _ = await open_page(context, server.url + "/")
         await wait_for_worker_control(page)
@@ -295,7 +297,7 @@ async def store_events(server: LiveServer, events: list[tuple[str, datetime]]) -
         )
         for event_type, moment in events
     ]
-    store = SQLiteStore(server.config.db)
+    store = open_storage(server.config.db)
     await store.open()
     try:
         await store.append([WriteGroup(rows)])
@@ -391,8 +393,8 @@ def per_day(days: list[dict[str, Any]]) -> dict[str, list[int]]:
 
 
 @pytest.mark.browser
-async def test_dashboard_shows_what_the_api_answers(tmp_path: Path) -> None:
-    async with live_server(tmp_path) as server, chromium() as browser:
+async def test_dashboard_shows_what_the_api_answers(tmp_path: Path, database: str) -> None:
+    async with live_server(tmp_path, database=database) as server, chromium() as browser:
         await seed(server)
         context = await browser.new_context(
             viewport={"width": 1280, "height": 900}, timezone_id="Europe/Berlin", locale="en-US"

@@ -10,6 +10,9 @@ from aiohttp.test_utils import TestClient
 from schema.sqlite.migrate import SchemaTooNewError, latest_version, migrate
 from tests.helpers import assert_problem
 
+# Problem+json shapes and CORS, above the storage.
+pytestmark = pytest.mark.backend_independent
+
 
 @pytest.mark.parametrize(
     ("method", "path", "status", "allow"),

@@ -42,10 +42,21 @@ CHECKS = [
 SEEN: Counter[int] = Counter()
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def live(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    """The service as a process, on a SQLite file, then on a PostgreSQL database."""
     workdir: Path = tmp_path_factory.mktemp("fuzz")
-    service = Service(workdir / "fuzz.db", "--admin-token", TOKEN)
+    db = (
+        workdir / "fuzz.db"
+        if request.param == "sqlite"
+        else request.getfixturevalue("pg_clones").take()
+    )
+    SEEN.clear()
+    service = Service(db, "--admin-token", TOKEN, log_path=workdir / "fuzz.log")
     service.start()
     try:
         yield service

@@ -27,6 +27,8 @@ from app.config import Config
 from app.factory import create_app
 from schema.events import check_event
 from schema.timestamps import format_ts, parse_ts
+from tests import helpers
+from tests.databases import connect
 
 ROOT = Path(__file__).resolve().parent.parent
 Row = tuple[str, str, str, str, str]
@@ -48,7 +50,7 @@ def read_rows(db: str | Path) -> list[Row]:
 
 
 def scalar(db: str | Path, sql: str, *args: Any) -> Any:
-    conn = sqlite3.connect(db)
+    conn = connect(str(db))
     try:
         return conn.execute(sql, args).fetchone()[0]
     finally:
@@ -348,12 +350,11 @@ async def test_api_counts_equal_the_log_after_generation(
     client: TestClient = await aiohttp_client(create_app(config))  # started after generation
 
     def log_count(event_type: str | None = None, lo: str = "", hi: str = "~") -> int:
-        sql = "SELECT COUNT(*) FROM events WHERE timestamp >= ? AND timestamp < ?"
-        args: list[str] = [lo, hi]
-        if event_type:
-            sql += " AND event_type = ?"
-            args.append(event_type)
-        return scalar(config.db, sql, *args)
+        conn = connect(config.db)
+        try:
+            return helpers.log_count(conn, event_type, lo, hi)
+        finally:
+            conn.close()
 
     async def api(path: str, **params: str) -> Any:
         response = await client.get(path, params=params)
@@ -387,7 +388,8 @@ async def test_api_counts_equal_the_log_after_generation(
     for day in days:
         for event_type in gen.EVENT_TYPES:
             lo = day["date"]
-            assert day[event_type] == log_count(event_type, lo, lo + "T~"), day
+            hi = (date.fromisoformat(lo) + timedelta(days=1)).isoformat()
+            assert day[event_type] == log_count(event_type, lo, hi), day
 
 
 async def test_url_mode_posts_the_events_to_a_running_service(

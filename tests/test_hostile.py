@@ -25,6 +25,9 @@ from schema.events import MAX_BATCH_BODY_BYTES, MAX_PAYLOAD_BYTES
 from tests.databases import Database, connect
 from tests.helpers import assert_problem, stored, view
 
+# HTTP abuse is the HTTP layer's business, not the storage's: runs once.
+pytestmark = pytest.mark.backend_independent
+
 JSON = {"Content-Type": "application/json"}
 TIMEOUT = 5.0  # bound on every raw-socket read
 

@@ -15,6 +15,9 @@ from schema.events import (
 )
 from tests.conftest import app_of
 
+# The published document and its examples; no storage involved.
+pytestmark = pytest.mark.backend_independent
+
 
 async def document(client: TestClient) -> dict:
     response = await client.get("/openapi.json")

@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from schema.storage import EventRow, KeyRow, Storage, StorageBusyError, StoredKey, WriteGroup
+from schema.storage import (
+    EventRow,
+    KeyRow,
+    Storage,
+    StorageBusyError,
+    StorageUnavailableError,
+    StoredKey,
+    WriteGroup,
+)
 from schema.timestamps import format_ts, now
 
 log = logging.getLogger(__name__)
@@ -139,8 +147,8 @@ class Writer:
             try:
                 await self._commit(batch)
             except Exception as exc:  # answer the waiters; the writer itself lives on
-                if isinstance(exc, StorageBusyError):  # an overload, answered 503
-                    log.warning("group commit of %d events: database busy (%s)", size, exc)
+                if isinstance(exc, StorageBusyError | StorageUnavailableError):  # 503
+                    log.warning("group commit of %d events: %s", size, exc)
                 else:
                     log.error("group commit of %d events failed: %r", size, exc, exc_info=exc)
                 for request in batch:

@@ -4,7 +4,9 @@ once per storage backend.
 - **SQLite**: a file in the test's temp dir (not ``:memory:``: WAL and durability are what
   we test).
 - **PostgreSQL**: one throwaway cluster for the whole session (``tests/postgres_cluster.py``,
-  fsync on), one migrated template database, and a fresh clone of it per test (tens of ms).
+  fsync on), one migrated template database, and a fresh database per test: a clone of
+  the template, or one a previous test used, proven unchanged and emptied
+  (``tests/postgres_databases.py``).
 
 A test that uses ``config`` (or anything built on it: ``client``, ``db``, ``make_client``)
 runs as ``[sqlite-…]`` and ``[postgres-…]``. Marks that keep a test on SQLite alone:
@@ -16,10 +18,7 @@ runs as ``[sqlite-…]`` and ``[postgres-…]``. Marks that keep a test on SQLit
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import queue
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -32,13 +31,13 @@ from app.config import Config
 from app.factory import create_app
 from tests.databases import Database, connect
 from tests.postgres_cluster import PostgresCluster, postgres_cluster
+from tests.postgres_databases import TestDatabases
 
 BACKENDS = ("sqlite", "postgres")
 TEMPLATE = "template_migrated"
 # A throwaway cluster: commits still fsync (durability is under test), but no checkpoint
 # interrupts the run (each clone writes its template to the WAL).
 CLUSTER_SETTINGS = {"max_wal_size": "8GB", "checkpoint_timeout": "1h", "max_connections": 200}
-_numbers = itertools.count(1)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -89,58 +88,14 @@ def pg_template(pg_cluster: PostgresCluster) -> str:
     return TEMPLATE
 
 
-class _Clones:
-    """Fresh clones of the template, made ``AHEAD`` at a time by a thread of their own
-    while tests run (a clone costs ~50-300 ms, mostly the server's I/O). Never dropped:
-    DROP DATABASE forces a checkpoint; the cluster's teardown removes them all."""
-
-    AHEAD = 2
-
-    def __init__(self, cluster: PostgresCluster, template: str) -> None:
-        self._cluster = cluster
-        self._template = template
-        self._ready: queue.Queue[str | BaseException] = queue.Queue(maxsize=self.AHEAD)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._fill, name="pg-clones", daemon=True)
-        self._thread.start()
-
-    def _fill(self) -> None:
-        import psycopg
-
-        try:
-            with psycopg.connect(self._cluster.url_for("postgres"), autocommit=True) as admin:
-                while not self._stop.is_set():
-                    name = f"test_{next(_numbers)}"
-                    admin.execute(f"CREATE DATABASE {name} TEMPLATE {self._template}")  # type: ignore[call-overload]
-                    url = self._cluster.url_for(name)
-                    while not self._stop.is_set():
-                        try:
-                            self._ready.put(url, timeout=0.2)
-                            break
-                        except queue.Full:
-                            continue
-        except BaseException as exc:  # handed to the test that waits for a clone
-            self._ready.put(exc)
-
-    def take(self) -> str:
-        item = self._ready.get(timeout=120)
-        if isinstance(item, BaseException):
-            self._ready.put(item)  # every later test fails the same way
-            raise item
-        return item
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-
 @pytest.fixture(scope="session")
-def pg_clones(pg_cluster: PostgresCluster, pg_template: str) -> Iterator[_Clones]:
-    clones = _Clones(pg_cluster, pg_template)
+def pg_databases(pg_cluster: PostgresCluster, pg_template: str) -> Iterator[TestDatabases]:
+    """Fresh migrated databases, one per test (see tests/postgres_databases.py)."""
+    databases = TestDatabases(pg_cluster, pg_template)
     try:
-        yield clones
+        yield databases
     finally:
-        clones.close()
+        databases.close()
 
 
 @pytest.fixture(autouse=True)
@@ -163,17 +118,20 @@ def no_error_logs(
 
 
 @pytest.fixture
-def pg_database(pg_clones: _Clones) -> str:
+def pg_database(pg_databases: TestDatabases) -> Iterator[str]:
     """A fresh migrated PostgreSQL database (for tests of PostgreSQL only)."""
-    return pg_clones.take()
+    url = pg_databases.take()
+    yield url
+    pg_databases.give_back(url)
 
 
 @pytest.fixture
-def database(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    """The ``--db`` of this test: a new SQLite file path or a new PostgreSQL database URL."""
+def database(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The ``--db`` of this test: a new SQLite file path or a fresh PostgreSQL database."""
     if backend == "sqlite":
-        return str(tmp_path / "events.db")
-    return request.getfixturevalue("pg_clones").take()
+        yield str(tmp_path / "events.db")
+    else:
+        yield request.getfixturevalue("pg_database")
 
 
 @pytest.fixture

@@ -41,6 +41,8 @@ class Database(Protocol):
     def close(self) -> None: ...
     def holding_writes(self) -> Any: ...
     def failing_inserts(self, table: str, message: str) -> Any: ...
+    def table_names(self) -> list[str]: ...
+    def column_names(self, table: str) -> list[str]: ...
 
 
 def connect(db: str) -> Database:
@@ -63,6 +65,13 @@ class SQLiteDatabase:
 
     def close(self) -> None:
         self.conn.close()
+
+    def table_names(self) -> list[str]:
+        sql = "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+        return [name for (name,) in self.conn.execute(sql)]
+
+    def column_names(self, table: str) -> list[str]:
+        return [c[1] for c in self.conn.execute(f'PRAGMA table_info("{table}")')]
 
     @contextmanager
     def holding_writes(self) -> Iterator[None]:
@@ -116,6 +125,22 @@ class PostgresDatabase:
 
     def close(self) -> None:
         self.conn.close()
+
+    def table_names(self) -> list[str]:
+        """The tables of the schema, monthly partitions of the log aside (they are parts of
+        ``events``, not tables of their own to the tests)."""
+        sql = (
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+            " AND tablename !~ '^events_' ORDER BY 1"
+        )
+        return [name for (name,) in self.execute(sql)]
+
+    def column_names(self, table: str) -> list[str]:
+        sql = (
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position"
+        )
+        return [name for (name,) in self.execute(sql, (table,))]
 
     @contextmanager
     def holding_writes(self) -> Iterator[None]:

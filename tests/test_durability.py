@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+import pytest
 from aiohttp.test_utils import TestClient
 
 from app.keys import WRITER

@@ -50,11 +50,8 @@ def live(
 ) -> Iterator[Service]:
     """The service as a process, on a SQLite file, then on a PostgreSQL database."""
     workdir: Path = tmp_path_factory.mktemp("fuzz")
-    db = (
-        workdir / "fuzz.db"
-        if request.param == "sqlite"
-        else request.getfixturevalue("pg_clones").take()
-    )
+    databases = request.getfixturevalue("pg_databases") if request.param == "postgres" else None
+    db = databases.take() if databases else workdir / "fuzz.db"
     SEEN.clear()
     service = Service(db, "--admin-token", TOKEN, log_path=workdir / "fuzz.log")
     service.start()
@@ -62,6 +59,8 @@ def live(
         yield service
     finally:
         service.terminate()
+        if databases:
+            databases.give_back(str(db))
 
 
 def _run(operation, mode: GenerationMode, live: Service, failures: list[str]) -> None:  # type: ignore[no-untyped-def]

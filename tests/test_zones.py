@@ -40,6 +40,7 @@ from hypothesis import strategies as st
 
 from app.config import Config
 from schema.storage import EventRow
+from tests.databases import Database, connect
 from tests.helpers import append, assert_problem, row, stored
 from tests.zone_reference import (
     EVENT_TYPES,
@@ -188,16 +189,14 @@ async def answer(client: TestClient, path: str, params: dict[str, str]) -> Any:
     return orjson.loads(text)
 
 
-async def check_counts(
-    client: TestClient, db: sqlite3.Connection, r: Range, event_type: str | None
-) -> None:
+async def check_counts(client: TestClient, db: Database, r: Range, event_type: str | None) -> None:
     params = r.params(tz=r.zone, event_type=event_type)
     got = (await answer(client, COUNTS, params))["total_events"]
     want = counts(db, r.lo, r.hi)
     assert got == (want[event_type] if event_type else sum(want.values())), params
 
 
-async def check_by_type(client: TestClient, db: sqlite3.Connection, r: Range) -> None:
+async def check_by_type(client: TestClient, db: Database, r: Range) -> None:
     params = r.params(tz=r.zone)
     got = await answer(client, BY_TYPE, params)
     assert got == {t: n for t, n in counts(db, r.lo, r.hi).items() if n}, params
@@ -205,7 +204,7 @@ async def check_by_type(client: TestClient, db: sqlite3.Connection, r: Range) ->
 
 async def check_by_day(
     client: TestClient,
-    db: sqlite3.Connection,
+    db: Database,
     r: Range,
     event_type: str | None,
     step: timedelta = QUARTER,
@@ -223,7 +222,7 @@ async def check_by_day(
 
 async def check_series(
     client: TestClient,
-    db: sqlite3.Connection,
+    db: Database,
     r: Range,
     interval: str,
     event_type: str | None,
@@ -268,9 +267,7 @@ def _start_as_unit(got: str, ref: Bucket | None, zone: str) -> str:
     return got
 
 
-async def check_everything(
-    client: TestClient, db: sqlite3.Connection, r: Range, rng: random.Random
-) -> None:
+async def check_everything(client: TestClient, db: Database, r: Range, rng: random.Random) -> None:
     """Every endpoint on one range, with and without a random event_type."""
     event_type = rng.choice(EVENT_TYPES)
     await check_counts(client, db, r, None)
@@ -390,7 +387,7 @@ def test_the_reference_counts_the_log(tmp_path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("zone", ZONES)
 async def test_every_endpoint_in_a_zone_equals_the_log_for_random_ranges(
-    year_log: TestClient, db: sqlite3.Connection, zone: str
+    year_log: TestClient, db: Database, zone: str
 ) -> None:
     rng = random.Random(f"ranges {zone}")
     whole_year = date_range(zone, FIRST_DAY, LAST_DAY)
@@ -406,7 +403,7 @@ async def test_every_endpoint_in_a_zone_equals_the_log_for_random_ranges(
 @pytest.mark.slow
 @pytest.mark.parametrize("zone", DST_ZONES)
 async def test_every_dst_change_day_is_exact_in_every_endpoint(
-    year_log: TestClient, db: sqlite3.Connection, zone: str
+    year_log: TestClient, db: Database, zone: str
 ) -> None:
     rng = random.Random(f"dst {zone}")
     changes = transitions(zone, YEAR_LO, YEAR_HI)
@@ -436,7 +433,7 @@ async def test_every_dst_change_day_is_exact_in_every_endpoint(
 @pytest.mark.parametrize(("zone", "day", "first", "after", "hours"), HAND_DAYS)
 async def test_hour_buckets_follow_the_local_clock(
     year_log: TestClient,
-    db: sqlite3.Connection,
+    db: Database,
     zone: str,
     day: str,
     first: str,
@@ -455,7 +452,7 @@ async def test_hour_buckets_follow_the_local_clock(
 
 
 async def test_week_and_month_buckets_are_local_calendar_units_cut_to_the_range(
-    year_log: TestClient, db: sqlite3.Connection
+    year_log: TestClient, db: Database
 ) -> None:
     zone = "Asia/Kathmandu"
     # Thursday 2025-05-01 to Tuesday 2025-06-10: weeks of Apr 28 (cut) .. Jun 9 (cut).
@@ -636,7 +633,7 @@ async def test_the_ends_of_the_calendar_are_a_200_or_a_400_in_every_zone(
 
 
 async def test_a_date_time_bound_is_the_same_instant_whatever_tz_says(
-    year_log: TestClient, db: sqlite3.Connection
+    year_log: TestClient, db: Database
 ) -> None:
     rng = random.Random(11)
     for _ in range(12):
@@ -653,7 +650,7 @@ async def test_a_date_time_bound_is_the_same_instant_whatever_tz_says(
             await check_by_day(year_log, db, Range(zone, r.start, r.end, r.lo, r.hi), None)
 
 
-async def test_the_default_zone_is_utc(year_log: TestClient, db: sqlite3.Connection) -> None:
+async def test_the_default_zone_is_utc(year_log: TestClient, db: Database) -> None:
     rng = random.Random(12)
     for r in (date_range("UTC", date(2025, 3, 1), date(2025, 4, 30)), random_range(rng, "UTC", 9)):
         for path, extra in (
@@ -668,9 +665,7 @@ async def test_the_default_zone_is_utc(year_log: TestClient, db: sqlite3.Connect
     assert body["tz"] == "UTC"
 
 
-async def test_zone_links_and_fixed_zones_are_accepted(
-    year_log: TestClient, db: sqlite3.Connection
-) -> None:
+async def test_zone_links_and_fixed_zones_are_accepted(year_log: TestClient, db: Database) -> None:
     """Any IANA name works, links included; a link answers like its target."""
     for link, target in (
         ("Asia/Calcutta", "Asia/Kolkata"),
@@ -743,7 +738,7 @@ def queries(
 )
 @given(query=queries())
 async def test_any_zone_any_range_any_endpoint_equals_the_log(
-    client: TestClient, db: sqlite3.Connection, query: tuple
+    client: TestClient, db: Database, query: tuple
 ) -> None:
     """Random IANA zones (all of them are 15-minute zones in 2025), random ranges, random
     endpoints: the answer equals the reference."""
@@ -775,7 +770,7 @@ ODD_OFFSETS = [
 @pytest.mark.slow
 @pytest.mark.parametrize(("zone", "first", "days", "step"), ODD_OFFSETS)
 async def test_zones_with_historic_odd_offsets_are_still_exact(
-    client: TestClient, db: sqlite3.Connection, zone: str, first: date, days: int, step: timedelta
+    client: TestClient, db: Database, zone: str, first: date, days: int, step: timedelta
 ) -> None:
     """The contract says exact in every zone: parts of a range that no 15-minute bucket
     covers whole come from the log."""
@@ -816,7 +811,7 @@ def _now_rows(now: datetime) -> list[EventRow]:
 
 
 async def test_by_day_defaults_to_the_last_30_local_days_up_to_today(
-    client: TestClient, db: sqlite3.Connection
+    client: TestClient, db: Database
 ) -> None:
     await seed(client, _now_rows(datetime.now(UTC)))
     # At any moment, Kiritimati (+14) and Pago Pago (-11) are on different dates.
@@ -834,7 +829,7 @@ async def test_by_day_defaults_to_the_last_30_local_days_up_to_today(
 
 
 async def test_by_day_defaults_to_the_30_days_up_to_the_newest_local_day_with_events(
-    client: TestClient, db: sqlite3.Connection
+    client: TestClient, db: Database
 ) -> None:
     newest = "2025-03-10T23:30:00.000000Z"  # long before "today"
     rows = [row("view", newest), row("click", "2025-02-09T00:00:00.000000Z")]
@@ -856,9 +851,7 @@ async def test_by_day_defaults_to_the_30_days_up_to_the_newest_local_day_with_ev
 
 
 @pytest.mark.parametrize("zone", ["UTC", "Asia/Kathmandu", "Asia/Kolkata", "Pacific/Chatham"])
-async def test_time_series_defaults_end_now(
-    client: TestClient, db: sqlite3.Connection, zone: str
-) -> None:
+async def test_time_series_defaults_end_now(client: TestClient, db: Database, zone: str) -> None:
     """The last 24 hours / 30 days / 12 weeks / 12 months ending now: consecutive local
     units, zero-filled, the last one containing now, whole ones counted exactly."""
     await seed(client, _now_rows(datetime.now(UTC)))
@@ -895,25 +888,24 @@ async def admin_client(make_client) -> TestClient:
 
 
 @pytest.fixture
-def admin_db(admin_client: TestClient, config: Config) -> Iterator[sqlite3.Connection]:
-    conn = sqlite3.connect(config.db, isolation_level=None)
+def admin_db(admin_client: TestClient, config: Config) -> Iterator[Database]:
+    conn = connect(config.db)
     yield conn
     conn.close()
 
 
-def rollup_tables(db: sqlite3.Connection) -> list[str]:
+def rollup_tables(db: Database) -> list[str]:
     """Every rollup table: the daily one and whatever finer ones the migrations added
     (named like ``daily_event_counts``: with "count" in the name)."""
-    sql = "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '%count%'"
-    return [name for (name,) in db.execute(sql)]
+    return [name for name in db.table_names() if "count" in name]
 
 
-def damage(db: sqlite3.Connection) -> dict[str, int]:
+def damage(db: Database) -> dict[str, int]:
     """In every rollup table: delete a few rows and change the count of a few others.
     Returns the rows touched per table."""
     touched = {}
     for table in rollup_tables(db):
-        columns = [c[1] for c in db.execute(f'PRAGMA table_info("{table}")')]
+        columns = db.column_names(table)
         count_column = next(
             (c for c in columns if c in {"count", "total", "n", "events"} or "count" in c), None
         )
@@ -922,7 +914,7 @@ def damage(db: sqlite3.Connection) -> dict[str, int]:
             f'SELECT * FROM "{table}" ORDER BY {", ".join(f"{i + 1}" for i in range(len(columns)))}'
             f" LIMIT 8 OFFSET {total // 3}"
         ).fetchall()
-        where = " AND ".join(f'"{c}" IS ?' for c in columns)
+        where = " AND ".join(f'"{c}" = ?' for c in columns)  # every column is NOT NULL
         for i, victim in enumerate(victims):
             if i % 2 or count_column is None:
                 db.execute(f'DELETE FROM "{table}" WHERE {where}', victim)
@@ -935,7 +927,7 @@ def damage(db: sqlite3.Connection) -> dict[str, int]:
     return touched
 
 
-async def wrong_answers(client: TestClient, db: sqlite3.Connection, *, count: bool) -> int:
+async def wrong_answers(client: TestClient, db: Database, *, count: bool) -> int:
     """How many of a fixed set of answers (by-day over the year in every zone, weeks and
     months in a few, hours around the DST changes) differ from the reference; with
     ``count=False`` the first difference fails the test (with its message)."""
@@ -964,7 +956,7 @@ async def wrong_answers(client: TestClient, db: sqlite3.Connection, *, count: bo
 @pytest.mark.slow
 @pytest.mark.parametrize("repair", ["reconcile", "rebuild"])
 async def test_reconcile_and_rebuild_repair_every_rollup_table(
-    admin_client: TestClient, admin_db: sqlite3.Connection, repair: str
+    admin_client: TestClient, admin_db: Database, repair: str
 ) -> None:
     await seed(admin_client, year_rows())
     await wrong_answers(admin_client, admin_db, count=False)

@@ -22,7 +22,7 @@ from schema.storage import SchemaTooNewError
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_NAME = re.compile(r"(\d{4})_[a-z0-9_]+\.sql", re.ASCII)  # fullmatch only
 
 CREATE_VERSIONS_SQL = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -38,7 +38,7 @@ RECORD_VERSION_SQL = "INSERT INTO schema_migrations (version, name) VALUES ($1, 
 def migrations() -> list[tuple[int, Path]]:
     found = []
     for path in sorted(MIGRATIONS_DIR.iterdir()):
-        match = _NAME.match(path.name)
+        match = _NAME.fullmatch(path.name)
         if match:
             found.append((int(match.group(1)), path))
     numbers = [n for n, _ in found]

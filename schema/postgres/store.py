@@ -7,8 +7,8 @@ Who touches which connection (nothing is shared between concurrent requests):
   time. It holds a session advisory lock on a rollup slot (0..15) while it lives, and adds
   its commits' counts to that slot's rows, so writers of different instances never wait on
   each other's row locks (``schema/postgres/locks.py``).
-- **readers**: a pool of ``readers`` connections. A read is one statement, or several in
-  one read-only REPEATABLE READ transaction: one snapshot, never another request's.
+- **readers**: a pool of ``readers`` connections. A read is one statement (a whole count
+  too), so it is one snapshot, never another request's transaction.
 - **maintenance**: one connection for rollup recounts and the advisory lock of a running
   pass, so a long reconcile pass neither blocks the writer nor takes a reader.
 
@@ -55,6 +55,9 @@ T = TypeVar("T")
 BUCKET_OF_TIMESTAMP = "quarter_hour_of(timestamp)"
 DAY_OF_TIMESTAMP = "(timestamp AT TIME ZONE 'UTC')::date"
 
+# Dates and timestamps travel as text and are cast in SQL: asyncpg sends date.min and
+# date.max (0001-01-01, 9999-12-31, real days of the calendar here) as -infinity/infinity.
+
 # --- writing -------------------------------------------------------------------------
 
 # Keys first, sorted (two instances inserting overlapping keys never deadlock). A key
@@ -94,7 +97,7 @@ PRUNE_KEYS_SQL = "DELETE FROM idempotency_keys WHERE created_at < $1::text::time
 
 # --- partitions ----------------------------------------------------------------------
 
-ENSURE_PARTITION_SQL = "SELECT ensure_event_partition($1::date)"
+ENSURE_PARTITION_SQL = "SELECT ensure_event_partition($1::text::date)"
 PARTITIONS_SQL = """
 SELECT c.relname FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid
 WHERE i.inhparent = 'events'::regclass
@@ -108,25 +111,31 @@ MONTHS_AHEAD = 3  # partitions kept ready after the current month (and one befor
 
 # --- reading -------------------------------------------------------------------------
 
-# One statement per source for all of a plan's parts (each part one index range).
-SUM_DAYS_SQL = """
-SELECT p.id, c.event_type, SUM(c.count)::bigint
-FROM unnest($1::int[], $2::text[], $3::text[]) AS p(id, lo, hi)
-JOIN daily_event_counts AS c ON c.day >= p.lo::date AND c.day < p.hi::date
-GROUP BY 1, 2
-"""
-SUM_QUARTERS_SQL = """
-SELECT p.id, c.event_type, SUM(c.count)::bigint
-FROM unnest($1::int[], $2::bigint[], $3::bigint[]) AS p(id, lo, hi)
-JOIN quarter_hour_event_counts AS c ON c.bucket >= p.lo AND c.bucket < p.hi
-GROUP BY 1, 2
-"""
-COUNT_LOG_SQL = """
-SELECT p.id, e.event_type, COUNT(*)
-FROM unnest($1::int[], $2::text[], $3::text[]) AS p(id, lo, hi)
-JOIN events AS e ON e.event_type = ANY($4::text[])
-    AND e.timestamp >= p.lo::timestamptz AND e.timestamp < p.hi::timestamptz
-GROUP BY 1, 2
+
+# A whole count is ONE statement, so it is one snapshot with no transaction around it.
+# Each distinct range of a plan is one index range, answered as the three types' totals
+# (summed over the rollups' slots) by a correlated subquery, as on SQLite.
+def _totals(aggregate: str) -> str:
+    sums = ", ".join(f"{aggregate} FILTER (WHERE event_type = '{t}')" for t in EVENT_TYPES)
+    return f"ARRAY[{sums}]::bigint[]"
+
+
+COUNT_PLAN_SQL = f"""
+SELECT 0, r.i, (
+    SELECT {_totals("SUM(count)")} FROM daily_event_counts
+    WHERE day >= r.lo::date AND day < r.hi::date
+) FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS r(lo, hi, i)
+UNION ALL
+SELECT 1, r.i, (
+    SELECT {_totals("SUM(count)")} FROM quarter_hour_event_counts
+    WHERE bucket >= r.lo AND bucket < r.hi
+) FROM unnest($3::bigint[], $4::bigint[]) WITH ORDINALITY AS r(lo, hi, i)
+UNION ALL
+SELECT 2, r.i, (
+    SELECT {_totals("COUNT(*)")} FROM events
+    WHERE event_type IN ({", ".join(f"'{t}'" for t in EVENT_TYPES)})
+      AND timestamp >= r.lo::timestamptz AND timestamp < r.hi::timestamptz
+) FROM unnest($5::text[], $6::text[]) WITH ORDINALITY AS r(lo, hi, i)
 """
 NEWEST_BUCKET_SQL = "SELECT MAX(bucket) FROM quarter_hour_event_counts"
 
@@ -144,7 +153,7 @@ WHERE event_type = ANY($3::text[])
 GROUP BY 1, 2
 """
 DAILY_OF_DAY_SQL = """
-SELECT event_type, SUM(count)::bigint FROM daily_event_counts WHERE day = $1::date GROUP BY 1
+SELECT event_type, SUM(count)::bigint FROM daily_event_counts WHERE day = $1::text::date GROUP BY 1
 """
 QUARTERS_OF_DAY_SQL = """
 SELECT bucket, event_type, SUM(count)::bigint FROM quarter_hour_event_counts
@@ -153,10 +162,11 @@ WHERE bucket >= $1 AND bucket < $2 GROUP BY 1, 2
 # Writers add to the rollups under ROW EXCLUSIVE: this waits for the commits in progress,
 # then holds every new one back until the day is rewritten (readers go on).
 LOCK_ROLLUPS_SQL = "LOCK TABLE daily_event_counts, quarter_hour_event_counts IN EXCLUSIVE MODE"
-DELETE_DAILY_SQL = "DELETE FROM daily_event_counts WHERE day = $1::date"
+DELETE_DAILY_SQL = "DELETE FROM daily_event_counts WHERE day = $1::text::date"
 SET_DAILY_SQL = """
 INSERT INTO daily_event_counts (day, event_type, slot, count)
-SELECT $1::date, event_type, 0, count FROM unnest($2::text[], $3::bigint[]) AS d(event_type, count)
+SELECT $1::text::date, event_type, 0, count
+FROM unnest($2::text[], $3::bigint[]) AS d(event_type, count)
 """
 DELETE_QUARTERS_SQL = "DELETE FROM quarter_hour_event_counts WHERE bucket >= $1 AND bucket < $2"
 SET_QUARTERS_SQL = """
@@ -342,14 +352,10 @@ class PostgresStore:
         assert self._pool is not None, "store is not open"
         return self._pool
 
-    async def _read(self, fn: Callable[..., Awaitable[T]], *args: Any, snapshot: bool) -> T:
-        """``fn(conn, *args)`` on a reader of its own; with ``snapshot``, inside one
-        read-only REPEATABLE READ transaction (several statements, one snapshot)."""
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """One statement on a reader of its own: one snapshot."""
         async with self._readers().acquire() as conn:
-            if not snapshot:
-                return await fn(conn, *args)
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                return await fn(conn, *args)
+            return await conn.fetch(sql, *args)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -425,7 +431,7 @@ class PostgresStore:
             try:
                 async with conn.transaction():
                     await conn.execute(f"SET LOCAL lock_timeout = '{PARTITION_LOCK_TIMEOUT}'")
-                    if await conn.fetchval(ENSURE_PARTITION_SQL, month):
+                    if await conn.fetchval(ENSURE_PARTITION_SQL, month.isoformat()):
                         log.info("created the log partition of %s", month.strftime("%Y-%m"))
             except (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError) as exc:
                 self._month_retry_at[month] = time.monotonic() + PARTITION_RETRY_S
@@ -492,20 +498,25 @@ class PostgresStore:
     async def find_keys(self, keys: Sequence[str]) -> dict[str, StoredKey]:
         if not keys:
             return {}
-        return await self._read(_find_keys, list(keys), snapshot=False)
+        rows = await self._fetch(FIND_KEYS_SQL, list(keys))
+        return {key: (bytes(digest), response) for key, digest, response in rows}
 
     @_translated
     async def count(self, plan: CountPlan, types: Iterable[str]) -> dict[tuple[int, str], int]:
         wanted = tuple(types)
         if not plan.intervals or not wanted:
             return {}
-        sources = bool(plan.days) + bool(plan.quarters) + bool(plan.log)
-        return await self._read(_count, plan, wanted, snapshot=sources > 1)
+        sources = [
+            _distinct((i, lo or "-infinity", hi or "infinity", 1) for i, lo, hi in plan.days),
+            _distinct(plan.quarters),
+            _distinct((i, lo, hi or "infinity", 1) for i, lo, hi in plan.log),
+        ]
+        args = [list(column) for ranges in sources for column in _columns(ranges)]
+        return _tally(await self._fetch(COUNT_PLAN_SQL, *args), sources, wanted)
 
     @_translated
     async def newest_bucket(self) -> int | None:
-        async with self._readers().acquire() as conn:
-            return await conn.fetchval(NEWEST_BUCKET_SQL)
+        return (await self._fetch(NEWEST_BUCKET_SQL))[0][0]
 
     async def ping(self) -> bool:
         try:
@@ -591,33 +602,37 @@ async def _find_keys(conn: asyncpg.Connection, keys: list[str]) -> dict[str, Sto
     return {key: (bytes(digest), response) for key, digest, response in rows}
 
 
-async def _count(
-    conn: asyncpg.Connection, plan: CountPlan, wanted: tuple[str, ...]
+# A plan's parts as distinct ranges: ``{(lo, hi): [(part, sign), …]}`` (read once each).
+_Ranges = dict[tuple[Any, Any], list[tuple[int, int]]]
+
+
+def _distinct(parts: Iterable[tuple[int, Any, Any, int]]) -> _Ranges:
+    ranges: _Ranges = {}
+    for part, lo, hi, sign in parts:
+        ranges.setdefault((lo, hi), []).append((part, sign))
+    return ranges
+
+
+def _columns(ranges: _Ranges) -> tuple[list[Any], list[Any]]:
+    """The ranges' lower and upper bounds, as the two arrays ``COUNT_PLAN_SQL`` unnests."""
+    return [lo for lo, _ in ranges], [hi for _, hi in ranges]
+
+
+def _tally(
+    rows: Iterable[asyncpg.Record], sources: list[_Ranges], wanted: tuple[str, ...]
 ) -> dict[tuple[int, str], int]:
-    """Every part of the plan, one statement per source, in the caller's snapshot."""
+    """``{(part, event_type): n}`` from ``COUNT_PLAN_SQL``'s rows (source, 1-based range
+    number, the three types' totals)."""
+    keys = [list(ranges) for ranges in sources]
     counts: dict[tuple[int, str], int] = {}
-
-    async def add(sql: str, *args: Any) -> None:
-        for part, event_type, n in await conn.fetch(sql, *args):
-            if event_type in wanted and n:
-                counts[(part, event_type)] = counts.get((part, event_type), 0) + n
-
-    if plan.days:
-        ids, lows, highs = zip(*plan.days, strict=True)
-        await add(
-            SUM_DAYS_SQL,
-            list(ids),
-            [lo or "-infinity" for lo in lows],
-            [hi or "infinity" for hi in highs],
-        )
-    if plan.quarters:
-        await add(SUM_QUARTERS_SQL, *(list(c) for c in zip(*plan.quarters, strict=True)))
-    if plan.log:
-        ids, lows, highs = zip(*plan.log, strict=True)
-        await add(
-            COUNT_LOG_SQL, list(ids), list(lows), [hi or "infinity" for hi in highs], list(wanted)
-        )
-    return counts
+    for source, number, totals in rows:
+        if not any(totals):
+            continue
+        for part, sign in sources[source][keys[source][number - 1]]:
+            for event_type, n in zip(EVENT_TYPES, totals, strict=True):
+                if n and event_type in wanted:
+                    counts[(part, event_type)] = counts.get((part, event_type), 0) + sign * n
+    return {key: n for key, n in counts.items() if n}
 
 
 async def _days_to_check(
@@ -681,11 +696,9 @@ class _DayLook:
         """Replace the day's rollup rows, every slot, with the log's counts as slot 0
         (in the caller's transaction, under the rollup lock)."""
         first_s = (parsed - _EPOCH_DAY).days * 86400
-        await conn.execute(DELETE_DAILY_SQL, parsed)
+        await conn.execute(DELETE_DAILY_SQL, day)
         if self.counted:
-            await conn.execute(
-                SET_DAILY_SQL, parsed, list(self.counted), list(self.counted.values())
-            )
+            await conn.execute(SET_DAILY_SQL, day, list(self.counted), list(self.counted.values()))
         await conn.execute(DELETE_QUARTERS_SQL, first_s, first_s + 86400)
         if self.counted_quarters:
             buckets, types = zip(*self.counted_quarters, strict=True)
@@ -699,7 +712,7 @@ async def _count_and_read(conn: asyncpg.Connection, day: str, parsed: date | Non
     that is not a date has no rows here (the column is a date)."""
     if parsed is None:
         return _DayLook({}, {}, {}, {})
-    stored = dict(await conn.fetch(DAILY_OF_DAY_SQL, parsed))
+    stored = dict(await conn.fetch(DAILY_OF_DAY_SQL, day))
     following = next_day(parsed)
     hi = day_start(following) if following else "infinity"
     counted_quarters = {

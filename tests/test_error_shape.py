@@ -78,6 +78,7 @@ async def test_cors_wildcard(make_client) -> None:
     assert response.headers["Access-Control-Allow-Origin"] == "*"
 
 
+@pytest.mark.sqlite_only("the file's journal mode and PRAGMA user_version (both: test_storage.py)")
 def test_migrations_are_idempotent_and_refuse_a_newer_schema(tmp_path) -> None:
     path = tmp_path / "m.db"
     assert migrate(path) == latest_version()

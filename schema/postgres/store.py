@@ -181,6 +181,7 @@ APPEND_ATTEMPTS = 3  # a group commit chosen as a deadlock victim is retried who
 BUSY_ATTEMPTS = 3  # a repair's attempts at the rollup lock, each waiting busy_timeout
 CONNECT_TIMEOUT_S = 10.0
 PING_TIMEOUT_S = 2.0
+CLOSE_TIMEOUT_S = 10.0  # reads still running at close get this long, then are cut
 STUCK_WRITE_MARGIN_MS = 10_000  # statement_timeout of writes: busy timeout + this
 
 _EPOCH_DAY = date(1970, 1, 1)
@@ -405,7 +406,13 @@ class PostgresStore:
         writer and maintenance for their locks), then close every connection."""
         pool, self._pool = self._pool, None
         if pool is not None:
-            await pool.close()
+            try:
+                await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                log.warning(
+                    "reads still running after %g s; closing their connections", CLOSE_TIMEOUT_S
+                )
+                pool.terminate()
         async with self._write_lock:
             writer, self._writer = self._writer, None
             if writer is not None:
@@ -433,7 +440,7 @@ class PostgresStore:
                     await conn.execute(f"SET LOCAL lock_timeout = '{PARTITION_LOCK_TIMEOUT}'")
                     if await conn.fetchval(ENSURE_PARTITION_SQL, month.isoformat()):
                         log.info("created the log partition of %s", month.strftime("%Y-%m"))
-            except (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError) as exc:
+            except asyncpg.PostgresError as exc:  # busy, or a role that may not create
                 self._month_retry_at[month] = time.monotonic() + PARTITION_RETRY_S
                 log.warning("log partition of %s not created yet: %s", month.strftime("%Y-%m"), exc)
                 continue

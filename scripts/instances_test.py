@@ -54,6 +54,7 @@ class Contents:
     log_quarters: dict[tuple[int, str], int]
     daily: dict[tuple[str, str], int]
     quarters: dict[tuple[int, str], int]
+    slots: int = 1  # rollup slots in use (PostgreSQL: one per writer connection)
 
 
 def read_database(db: str) -> Contents:
@@ -80,9 +81,12 @@ async def _read_postgres(url: str) -> Contents:
         rows = await conn.fetch(LOG_SQL)
         daily = {(d.isoformat(), t): int(n) for d, t, n in await conn.fetch(DAILY_SQL)}
         quarters = {(b, t): int(n) for b, t, n in await conn.fetch(QUARTERS_SQL)}
+        slots = await conn.fetchval("SELECT COUNT(DISTINCT slot) FROM daily_event_counts")
     finally:
         await conn.close()
-    return _contents([(str(i), u, t, ts) for i, u, t, ts in rows], daily, quarters)
+    contents = _contents([(str(i), u, t, ts) for i, u, t, ts in rows], daily, quarters)
+    contents.slots = slots
+    return contents
 
 
 def _contents(
@@ -142,6 +146,7 @@ class Outcome:
     statuses: dict[int, int] = field(default_factory=dict)
     killed_after_s: float = 0.0
     answers_per_instance: int = 0
+    rollup_slots: int = 1
 
 
 def run(
@@ -209,6 +214,7 @@ def run(
         statuses=statuses,
         killed_after_s=round(kill_after, 3),
         answers_per_instance=len(seen[0]),
+        rollup_slots=contents.slots,
     )
 
 

@@ -29,9 +29,7 @@ def every_event_invalid(events: int = 1000, extra_fields: int = 88) -> bytes:
     return orjson.dumps({"events": [event] * events})
 
 
-async def test_a_huge_invalid_batch_gets_a_small_answer(
-    client: TestClient, db: Database
-) -> None:
+async def test_a_huge_invalid_batch_gets_a_small_answer(client: TestClient, db: Database) -> None:
     raw = every_event_invalid()
     assert len(raw) > 700_000
     response = await client.post("/events/batch", data=io.BytesIO(raw), headers=JSON)

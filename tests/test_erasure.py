@@ -34,6 +34,10 @@ from tests.lifecycle_support import (
     user_counts,
 )
 
+pytestmark = pytest.mark.not_on_postgres_yet(
+    "erasure, retention and export are built on SQLite only so far"
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

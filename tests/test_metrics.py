@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.databases import connect
 from tests.helpers import click, location, view
 
 JSON = {"Content-Type": "application/json"}
@@ -81,12 +81,11 @@ async def test_counters_equal_the_traffic_sent(make_client, config, aiohttp_clie
     assert (await post(client, view(), **{"Idempotency-Key": "k1"})).status == 202  # accepted
     assert (await post(client, view(), **{"Idempotency-Key": "k1"})).status == 202  # replay
     assert (await post(client, click(), **{"Idempotency-Key": "k1"})).status == 422
-    blocker = sqlite3.connect(config.db, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")  # the writer cannot commit: 503
+    blocker = connect(config.db)
     try:
-        assert (await post(client, view())).status == 503
+        with blocker.holding_writes():  # the writer cannot commit: 503
+            assert (await post(client, view())).status == 503
     finally:
-        blocker.execute("ROLLBACK")
         blocker.close()
 
     # Two identical keyed requests at once: one commit and one replay, whichever path
@@ -149,7 +148,7 @@ async def test_counters_equal_the_traffic_sent(make_client, config, aiohttp_clie
     assert value(samples, "analytics_rollup_repairs_total") == 0
 
     # A reconcile that repairs one day counts one repair.
-    db = sqlite3.connect(config.db, isolation_level=None)
+    db = connect(config.db)
     db.execute("UPDATE daily_event_counts SET count = count + 5 WHERE event_type = 'view'")
     db.close()
     report = await (await client.post("/admin/rollups/reconcile", headers=AUTH)).json()
@@ -174,18 +173,19 @@ async def test_each_app_has_its_own_registry(make_client) -> None:
 
 async def test_the_queue_gauge_counts_events_waiting_for_the_writer(make_client, config) -> None:
     client = await make_client(busy_timeout_ms=3000)
-    blocker = sqlite3.connect(config.db, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")  # the first commit waits for the lock
-    posts = [asyncio.ensure_future(post(client, view(user=f"u{i}"))) for i in range(5)]
-    batch = asyncio.ensure_future(client.post("/events/batch", json={"events": [click()] * 3}))
+    blocker = connect(config.db)
     try:
-        for _ in range(200):  # until all eight events reached the writer
-            if value(await scrape(client), "analytics_writer_queue_events") == 8:
-                break
-            await asyncio.sleep(0.01)
-        assert value(await scrape(client), "analytics_writer_queue_events") == 8
+        with blocker.holding_writes():  # the first commit waits for the lock
+            posts = [asyncio.ensure_future(post(client, view(user=f"u{i}"))) for i in range(5)]
+            batch = asyncio.ensure_future(
+                client.post("/events/batch", json={"events": [click()] * 3})
+            )
+            for _ in range(200):  # until all eight events reached the writer
+                if value(await scrape(client), "analytics_writer_queue_events") == 8:
+                    break
+                await asyncio.sleep(0.01)
+            assert value(await scrape(client), "analytics_writer_queue_events") == 8
     finally:
-        blocker.execute("ROLLBACK")
         blocker.close()
     assert {r.status for r in await asyncio.gather(*posts, batch)} == {202}
     assert value(await scrape(client), "analytics_writer_queue_events") == 0

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient
 
 from app.config import Config
 from app.keys import STORE
-from rollup import recount
+from rollup import passes, recount
 from schema.postgres.migrate import latest_version
 from schema.postgres.store import PostgresStore
 from schema.storage import CountPlan, StorageUnavailableError, WriteGroup
@@ -181,29 +181,29 @@ async def test_a_rollup_pass_waits_while_another_instance_runs_one(
 ) -> None:
     a, b = stores
     await a.append([WriteGroup([row("view", "2025-05-01T10:00:00.000000Z")])])
-    assert await a.try_lock_job(recount.JOB)  # instance A is running a pass
-    with pytest.raises(recount.PassBusyError):  # a scheduled pass on B skips
+    assert await a.try_lock_job(passes.JOB)  # instance A is running a pass
+    with pytest.raises(passes.PassBusyError):  # a scheduled pass on B skips
         await recount.run(b, "reconcile", wait=False)
     waiting = asyncio.ensure_future(recount.run(b, "rebuild"))  # a requested one waits
-    await asyncio.sleep(recount.LOCK_POLL_S * 2)
+    await asyncio.sleep(passes.LOCK_POLL_S * 2)
     assert not waiting.done()
-    await a.unlock_job(recount.JOB)
+    await a.unlock_job(passes.JOB)
     report = await asyncio.wait_for(waiting, 10)
     assert report.completed and report.days_checked == 1
-    assert await a.try_lock_job(recount.JOB)  # B released it at the end of its pass
-    await a.unlock_job(recount.JOB)
+    assert await a.try_lock_job(passes.JOB)  # B released it at the end of its pass
+    await a.unlock_job(passes.JOB)
 
 
 async def test_a_waiting_pass_stops_when_asked(stores: list[PostgresStore]) -> None:
     a, b = stores
-    assert await a.try_lock_job(recount.JOB)
+    assert await a.try_lock_job(passes.JOB)
     stop = asyncio.Event()
     waiting = asyncio.ensure_future(recount.run(b, "reconcile", stop=stop))
     await asyncio.sleep(0.1)
     stop.set()
     report = await asyncio.wait_for(waiting, 5)
     assert report.completed is False and report.days_checked == 0
-    await a.unlock_job(recount.JOB)
+    await a.unlock_job(passes.JOB)
 
 
 # --- the append-only log ---------------------------------------------------------------

@@ -395,14 +395,18 @@ class PostgresStore:
         except BaseException:
             conn.terminate()
             raise
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.url,
+                min_size=1,
+                max_size=self.readers,
+                timeout=CONNECT_TIMEOUT_S,
+                server_settings=self._settings("reader", write=False),
+            )
+        except BaseException:
+            conn.terminate()
+            raise
         self._writer = conn
-        self._pool = await asyncpg.create_pool(
-            self.url,
-            min_size=1,
-            max_size=self.readers,
-            timeout=CONNECT_TIMEOUT_S,
-            server_settings=self._settings("reader", write=False),
-        )
         log.info("PostgreSQL %s: the writer adds to rollup slot %d", self.description, self.slot)
 
     async def close(self) -> None:

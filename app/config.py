@@ -176,6 +176,8 @@ class Config:
             raise ValueError(
                 "queue_max_events, commit_max_events and read_connections must be positive"
             )
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be 0 (any free port) to 65535")
         if self.retention_days < 0:
             raise ValueError("retention_days must be 0 (keep everything) or a number of days")
         for name in ("reconcile_minutes", "idempotency_hours", "busy_timeout_ms", "body_timeout_s"):

@@ -63,6 +63,9 @@ def test_environment_then_flags_win() -> None:
         {"ANALYTICS_LOG_FORMAT": "xml"},
         {"ANALYTICS_LOG_FORMAT": "json\n"},
         {"ANALYTICS_METRICS": "sometimes"},
+        # A TCP port is 0 (any free port) to 65535; the socket layer would take 70000 modulo 2**16.
+        {"ANALYTICS_PORT": "70000"},
+        {"ANALYTICS_PORT": "-1"},
     ],
 )
 def test_bad_settings_exit_with_a_message(environ: dict[str, str]) -> None:

@@ -40,8 +40,9 @@ def serve(config: Config) -> int:
     app.on_startup.append(_freeze_startup_objects)  # after the storage and writer started
     try:
         asyncio.run(server.serve(app, config, access_log=access_log))
-    except (StorageError, SchemaTooNewError, UnknownBackendError) as exc:
-        # The database cannot be opened: one clear line (its URL without a password).
+    except (StorageError, SchemaTooNewError, UnknownBackendError, server.ListenError) as exc:
+        # The database cannot be opened or the port is taken: one clear line (a URL without
+        # its password).
         logging.getLogger("analytics").error("cannot start: %s", exc)
         return 1
     return 0

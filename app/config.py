@@ -91,6 +91,21 @@ class Setting:
         return "--" + self.name.replace("_", "-")
 
 
+# Upper limits: far above any sensible value, and below what the parts that use a setting can
+# represent (a timedelta, a timer, a socket's backlog), so an extra digit is a clear startup error
+# instead of an OverflowError once the database is open.
+UPPER_LIMITS: dict[str, int] = {
+    "retention_days": 36_525,  # a century
+    "reconcile_minutes": 525_600,  # a year
+    "idempotency_hours": 87_600,  # ten years
+    "busy_timeout_ms": 3_600_000,  # an hour
+    "body_timeout_s": 3_600,  # an hour
+    "queue_max_events": 10_000_000,
+    "commit_max_events": 1_000_000,
+    "read_connections": 256,
+}
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("db", "data/events.db", parse_text, "SQLite database file, or a postgresql:// URL"),
     Setting("host", "127.0.0.1", parse_text, "address to listen on"),
@@ -184,6 +199,9 @@ class Config:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0")
+        for name, most in UPPER_LIMITS.items():
+            if getattr(self, name) > most:
+                raise ValueError(f"{name} must be at most {most:,}")
 
     def __repr__(self) -> str:  # never print the admin token
         fields = dataclasses.asdict(self)

@@ -91,15 +91,19 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         readers=config.read_connections,
     )
     await store.open()  # migrates first
-    writer = Writer(
-        store,
-        queue_max_events=config.queue_max_events,
-        commit_max_events=config.commit_max_events,
-        key_ttl_hours=config.idempotency_hours,
-        on_commit=app[METRICS].committed if config.metrics else None,
-    )
-    app[METRICS].watch_queue(lambda: writer.queued_events)
-    await writer.start()
+    try:
+        writer = Writer(
+            store,
+            queue_max_events=config.queue_max_events,
+            commit_max_events=config.commit_max_events,
+            key_ttl_hours=config.idempotency_hours,
+            on_commit=app[METRICS].committed if config.metrics else None,
+        )
+        app[METRICS].watch_queue(lambda: writer.queued_events)
+        await writer.start()
+    except BaseException:
+        await store.close()  # its reader threads would keep the process alive
+        raise
     app[STORE] = store
     app[WRITER] = writer
     log.info("serving %s (synchronous=%s)", store.description, config.synchronous)

@@ -44,6 +44,10 @@ def drain_timeout(config: Config) -> float:
     return config.body_timeout_s + config.busy_timeout_ms / 1000 + DRAIN_MARGIN_S
 
 
+class ListenError(RuntimeError):
+    """The listening socket could not be opened (``str(exc)`` names the address and why)."""
+
+
 async def serve(app: web.Application, config: Config, *, access_log: logging.Logger | None) -> None:
     """Listen on ``config.host``/``config.port`` until SIGTERM or SIGINT, then drain."""
     loop = asyncio.get_running_loop()
@@ -58,10 +62,15 @@ async def serve(app: web.Application, config: Config, *, access_log: logging.Log
         keepalive_timeout=KEEPALIVE_S,
         shutdown_timeout=STRAGGLER_S,
     )
-    await runner.setup()  # the app's startup: storage, writer, scheduler
     try:
+        await runner.setup()  # the app's startup: storage, writer, scheduler
         site = web.TCPSite(runner, config.host, config.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # the port is taken, the address is not this machine's
+            raise ListenError(
+                f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
+            ) from None
         log.info("listening on %s", site.name)
         await stop.wait()
         await drain(app, runner)

@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from app import config as settings
+from app import server
+from app.factory import create_app
+from tests.postgres_cluster import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -66,6 +79,13 @@ def test_environment_then_flags_win() -> None:
         # A TCP port is 0 (any free port) to 65535; the socket layer would take 70000 modulo 2**16.
         {"ANALYTICS_PORT": "70000"},
         {"ANALYTICS_PORT": "-1"},
+        # Too large for what uses them (a timedelta, a timer): an error at startup, not an
+        # OverflowError once the database is open.
+        {"ANALYTICS_IDEMPOTENCY_HOURS": "99999999999999"},
+        {"ANALYTICS_RECONCILE_MINUTES": "99999999999999"},
+        {"ANALYTICS_RETENTION_DAYS": "99999999999999"},
+        {"ANALYTICS_BODY_TIMEOUT_S": "99999999999999"},
+        {"ANALYTICS_READ_CONNECTIONS": "100000"},
     ],
 )
 def test_bad_settings_exit_with_a_message(environ: dict[str, str]) -> None:
@@ -105,3 +125,49 @@ def test_log_format_and_metrics_from_environment_and_flags() -> None:
     config = settings.load(parse(), environ=environ)
     assert (config.log_format, config.metrics) == ("json", False)
     assert settings.load(parse("--log-format", "text"), environ=environ).log_format == "text"
+
+
+def test_a_taken_port_is_one_clear_line_and_the_process_exits(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "app",
+                "serve",
+                "--db",
+                str(tmp_path / "e.db"),
+                "--port",
+                f"{port}",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"cannot start: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_a_failed_startup_closes_the_database_it_opened(tmp_path: Path) -> None:
+    """A part that fails to start after the storage opened: the storage is closed again, so
+    its reader threads do not keep a process alive that has nothing left to do."""
+    config = settings.Config(db=str(tmp_path / "e.db"), port=free_port())
+    app = create_app(config)
+
+    async def fails_to_start(app: web.Application) -> AsyncIterator[None]:
+        raise RuntimeError("a part that cannot start")
+        yield
+
+    app.cleanup_ctx.append(fails_to_start)
+    with pytest.raises(RuntimeError, match="cannot start"):
+        await server.serve(app, config, access_log=None)
+    for _ in range(100):  # the reader threads end as their connections close
+        if not [t for t in threading.enumerate() if "_connection_worker_thread" in t.name]:
+            break
+        await asyncio.sleep(0.05)
+    assert not [t for t in threading.enumerate() if "_connection_worker_thread" in t.name]

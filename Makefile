@@ -21,7 +21,7 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 ## run: create the venv and database if missing, seed sample data into an empty database, serve on 127.0.0.1:5000
 run: $(VENV)/.runtime
 	$(PY) -m app migrate --db $(DB)
-	@if [ -f generate_events.py ]; then $(PY) generate_events.py --db $(DB) --if-empty; fi
+	@if [ -f generate_events.py ]; then $(PY) generate_events.py --db $(DB) --if-empty --seed 42; fi
 	$(PY) -m app serve --db $(DB) --host $(HOST) --port $(PORT)
 
 ## test: the whole test suite on SQLite and on PostgreSQL, browser tests included (installs

@@ -3,6 +3,7 @@ plus at most the sub-bucket slivers a date-time bound cuts (see ``query.plan``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 
@@ -16,6 +17,7 @@ from query.plan import QUARTER_S, Interval, plan_intervals, seconds
 from query.zones import (
     Bucket,
     calendar_buckets,
+    calendar_end,
     day_start,
     hour_buckets,
     local_date,
@@ -32,6 +34,7 @@ MAX_BUCKETS = 10_000
 DEFAULT_UNITS = {"hour": 24, "day": 30, "week": 12, "month": 12}
 
 _RANGE = ("start_date", "end_date", "tz")
+_LAST_INSTANT = datetime.max.replace(tzinfo=UTC)
 
 
 def _json(body: object) -> web.Response:
@@ -194,6 +197,8 @@ def _buckets(query: Query) -> list[Bucket]:
     buckets: list[Bucket] = []
     try:
         lo, hi = _series_range(query, span)
+        unbounded = hi is None  # an end past the last UTC instant: the last bucket is open
+        hi = hi or _LAST_INSTANT
         units = (
             hour_buckets(lo, hi, query.zone)
             if query.interval == "hour"
@@ -213,6 +218,8 @@ def _buckets(query: Query) -> list[Bucket]:
                 }
             ]
         ) from None
+    if unbounded and buckets and buckets[-1].hi == _LAST_INSTANT:
+        buckets[-1] = dataclasses.replace(buckets[-1], hi=None)
     return buckets
 
 
@@ -228,11 +235,21 @@ def _too_many_buckets(interval: str) -> Problem:
     )
 
 
-def _series_range(query: Query, span: Interval) -> tuple[datetime, datetime]:
+def _series_range(query: Query, span: Interval) -> tuple[datetime, datetime | None]:
     """The series' ``[lo, hi)``: the given bounds, or the default number of units before
-    the end (aligned to the start of a unit), ending now when no end is given."""
+    the end (aligned to the start of a unit), ending now when no end is given. A bound
+    past the calendar's ends is that end (``hi`` None: past the last UTC instant), never
+    "no bound"."""
     assert query.interval is not None
     lo, hi = span
+    if lo is None and query.start is not None:
+        lo = datetime.min.replace(tzinfo=UTC)
+    if hi is None and query.end is not None:
+        # A date's end past the last UTC instant is the end of local 9999-12-31 (or the
+        # last instant itself, west of Greenwich); an instant past it leaves the series
+        # open (None: the caller's last bucket).
+        end = calendar_end(query.zone) if query.end.day is not None else None
+        return lo or _units_before((end or _LAST_INSTANT) - timedelta(microseconds=1), query), end
     if hi is None:
         moment = now()
         hi = moment if lo is None or lo < moment else _unit_end(lo, query)

@@ -56,6 +56,15 @@ def next_day_start(day: date, zone: tzinfo) -> datetime | None:
     return day_start(day + timedelta(days=1), zone)
 
 
+def calendar_end(zone: tzinfo) -> datetime | None:
+    """The first UTC instant after local 9999-12-31 (exclusive), or None when that lies
+    past the last UTC instant too (zones west of Greenwich)."""
+    try:
+        return datetime.max.replace(tzinfo=zone).astimezone(UTC) + timedelta(microseconds=1)
+    except OverflowError:
+        return None
+
+
 def local_date(instant: datetime, zone: tzinfo) -> date:
     """The local calendar date of a UTC instant."""
     try:
@@ -116,7 +125,8 @@ def hour_buckets(lo: datetime, hi: datetime, zone: tzinfo) -> Iterator[Bucket]:
         into_hour = timedelta(
             minutes=local.minute, seconds=local.second, microseconds=local.microsecond
         )
-        end = min(at + (HOUR - into_hour), hi)
+        # Written so that no sum passes datetime.max (an hour ending at the calendar's end).
+        end = hi if hi - at <= HOUR - into_hour else at + (HOUR - into_hour)
         end = _next_transition(at, end, zone) or end
         yield Bucket(local.isoformat(), at, end)
         at = end
@@ -135,7 +145,10 @@ def calendar_buckets(
         cut_lo = max(lo, day_start(unit_start, zone) or lo)
         cut_hi = end if hi is None or (end is not None and end < hi) else hi
         if cut_hi is not None and cut_hi <= cut_lo:
-            break
+            if following is None or (hi is not None and cut_lo >= hi):
+                break  # the range is done
+            unit_start = following  # a day the clock skipped (Samoa, 2011-12-30): no bucket
+            continue
         yield Bucket(_iso(cut_lo, zone), cut_lo, cut_hi)
         if cut_hi is None or (hi is not None and cut_hi >= hi) or following is None:
             break

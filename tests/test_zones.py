@@ -632,6 +632,56 @@ async def test_the_ends_of_the_calendar_are_a_200_or_a_400_in_every_zone(
             assert response.status in (200, 400), (path, params, await response.text())
 
 
+async def test_a_range_that_ends_at_the_end_of_the_calendar_lists_every_bucket(
+    client: TestClient,
+) -> None:
+    """An ``end_date`` whose local day ends past 9999-12-31 UTC (its next local midnight
+    cannot be written) still ends the series there: it is not "no end_date" (found by an
+    outside probe: these answered one bucket, or ran only up to now)."""
+    await seed(client, [row("view", "2025-05-01T12:00:00.000000Z")])
+    cases = (
+        ({"interval": "hour", "tz": "Asia/Tokyo"}, "9999-12-31", "9999-12-31", 24),
+        ({"interval": "week", "tz": "UTC"}, "9999-12-01", "9999-12-31", 5),
+        ({"interval": "month", "tz": "Pacific/Kiritimati"}, "9999-01-01", "9999-12-31", 12),
+        ({"interval": "day", "tz": "America/New_York"}, "9999-12-29", "9999-12-31", 3),
+        ({"interval": "hour", "tz": "UTC"}, "9999-12-31T22:00:00Z", "9999-12-31T23:59:59.999Z", 2),
+    )
+    for extra, start, end, buckets in cases:
+        params = {**extra, "start_date": start, "end_date": end}
+        body = await answer(client, SERIES, params)
+        assert len(body["buckets"]) == buckets, (params, body["buckets"][:3])
+    # From 2025 to the end of the calendar is far more than 10,000 months: a 400, not
+    # a series that silently stops at now.
+    params = {"interval": "month", "start_date": "2025-01-01", "end_date": "9999-12-31"}
+    await assert_problem(await client.get(SERIES, params=params), 400, "interval")
+    # A start before the calendar's first instant is the calendar's start, not "no start".
+    params = {"interval": "month", "start_date": "0001-01-01T00:00:00+14:00"}
+    await assert_problem(
+        await client.get(SERIES, params={**params, "end_date": "2025-01-01"}), 400, "interval"
+    )
+
+
+async def test_a_local_day_that_does_not_exist_does_not_end_the_series(
+    client: TestClient,
+) -> None:
+    """Samoa skipped 2011-12-30 (UTC-10 to UTC+14): the day series goes on past it, and
+    every event is in a bucket (found by an outside probe: the series stopped at 12-29)."""
+    zone = "Pacific/Apia"
+    rows = [
+        row("view", "2011-12-29T12:00:00.000000Z"),  # 12-29 02:00 local
+        row("click", "2011-12-30T12:00:00.000000Z"),  # 12-31 02:00 local
+        row("click", "2012-01-01T12:00:00.000000Z"),  # 2012-01-02 02:00 local
+    ]
+    await seed(client, rows)
+    params = {"interval": "day", "tz": zone, "start_date": "2011-12-29", "end_date": "2012-01-02"}
+    body = await answer(client, SERIES, params)
+    dates = [b["start"][:10] for b in body["buckets"]]
+    assert dates == ["2011-12-29", "2011-12-31", "2012-01-01", "2012-01-02"], dates
+    assert sum(b["view"] + b["click"] for b in body["buckets"]) == 3
+    by_day = await answer(client, BY_DAY, {k: v for k, v in params.items() if k != "interval"})
+    assert sum(d["view"] + d["click"] for d in by_day["days"]) == 3
+
+
 async def test_a_date_time_bound_is_the_same_instant_whatever_tz_says(
     year_log: TestClient, db: Database
 ) -> None:

@@ -171,7 +171,7 @@ async def _read_json(request: web.Request, limit: int) -> Any:
             f"the body is not valid JSON: {exc.msg}",
             [{"field": "body", "message": f"is not valid JSON: {exc.msg}"}],
         ) from None
-    except strict_json.RepeatedKeyError as exc:  # ambiguous: parsers disagree on the winner
+    except strict_json.AmbiguousJSONError as exc:  # a repeated key, an integer beyond 64 bits
         raise bad_request(exc.errors) from None
 
 

@@ -65,7 +65,7 @@ async def _options(request: web.Request) -> tuple[date | None, date | None, bool
         body: Any = strict_json.loads(raw)
     except strict_json.JSONDecodeError:
         raise bad_request([{"field": "body", "message": "is not valid JSON"}]) from None
-    except strict_json.RepeatedKeyError as exc:
+    except strict_json.AmbiguousJSONError as exc:
         raise bad_request(exc.errors) from None
     if not isinstance(body, dict):
         raise bad_request([{"field": "body", "message": "must be a JSON object"}])
@@ -142,7 +142,7 @@ async def erase(request: web.Request) -> web.Response:
         body: Any = strict_json.loads(raw)  # {"user_id": "a", "user_id": "b"}: whose? a 400
     except strict_json.JSONDecodeError:
         raise bad_request([{"field": "body", "message": "is not valid JSON"}]) from None
-    except strict_json.RepeatedKeyError as exc:
+    except strict_json.AmbiguousJSONError as exc:
         raise bad_request(exc.errors) from None
     if not isinstance(body, dict):
         raise bad_request([{"field": "body", "message": "must be a JSON object"}])

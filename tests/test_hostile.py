@@ -217,6 +217,40 @@ async def test_hostile_body_is_a_4xx_and_stores_nothing(
     assert stored(db) == 0
 
 
+@pytest.mark.parametrize(
+    "number", ["18446744073709551616", "-9223372036854775809", "123456789012345678901234567890"]
+)
+async def test_an_integer_beyond_64_bits_is_a_400_not_silently_rounded(
+    client: TestClient, db: Database, number: str
+) -> None:
+    """orjson reads an integer outside [-2^63, 2^64) as a float: stored, it would be a
+    different number than the one sent (found by an outside probe). A 400 naming it."""
+    raw = b'{"user_id":"u","event_type":"view","payload":{"url":"x","n":%s}}' % number.encode()
+    body = await assert_problem(await post(client, "/events", raw), 400, "payload.n")
+    assert "64" in body["errors"][0]["message"]
+    batch = b'{"events":[%s,%s]}' % (orjson.dumps(view()), raw)
+    await assert_problem(await post(client, "/events/batch", batch), 400, "events[1].payload.n")
+    assert stored(db) == 0
+
+
+async def test_integers_at_the_64_bit_edges_and_long_digit_strings_are_stored_exactly(
+    client: TestClient, db: Database
+) -> None:
+    raw = (
+        b'{"user_id":"u","event_type":"view","payload":{"url":"x","hi":18446744073709551615,'
+        b'"lo":-9223372036854775808,"s":"1234567890123456789012345","f":1234567890123456789.5}}'
+    )
+    assert (await post(client, "/events", raw)).status == 202
+    (payload,) = db.execute("SELECT payload FROM events").fetchone()
+    assert orjson.loads(payload) == {
+        "url": "x",
+        "hi": 18446744073709551615,
+        "lo": -9223372036854775808,
+        "s": "1234567890123456789012345",
+        "f": 1234567890123456789.5,
+    }
+
+
 async def test_nul_and_astral_characters_in_keys_are_stored_verbatim(
     client: TestClient, db: Database
 ) -> None:

@@ -23,6 +23,7 @@ from typing import TypeVar
 
 import orjson
 from multidict import MultiDict
+from pydantic import ValidationError
 
 from app import config as settings
 from app.config import Config
@@ -30,6 +31,8 @@ from app.problems import Problem
 from query import export
 from rollup import erasure, retention
 from schema.backends import UnknownBackendError, is_url, open_storage
+from schema.errors import validation_errors
+from schema.events import ErasureRequest
 from schema.storage import BeforeHorizonError, Storage, StorageError
 from schema.timestamps import parse_day
 
@@ -92,6 +95,12 @@ async def _with_store(config: Config, work: Callable[[Storage], Awaitable[T]]) -
 
 
 def _erase(args: argparse.Namespace, config: Config) -> int:
+    try:  # the rules of POST /admin/erasures: an id no event can have is a mistake
+        ErasureRequest.model_validate({"user_id": args.user_id})
+    except ValidationError as exc:
+        for error in validation_errors(exc):
+            print(f"error: --user-id {error['message']}", file=sys.stderr)
+        return 2
     result = asyncio.run(_with_store(config, lambda store: erasure.erase(store, args.user_id)))
     print(orjson.dumps(result.to_dict()).decode())
     return 0

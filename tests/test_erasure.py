@@ -282,6 +282,20 @@ async def test_cli_erase_while_the_server_runs(admin, db, config):
     assert_exact(db)
 
 
+@pytest.mark.parametrize("user_id", ["", " \t", "x" * 257])
+async def test_cli_erase_refuses_a_user_id_no_event_can_have(client, db, config, user_id):
+    """The CLI checks ``--user-id`` as ``POST /admin/erasures`` does (found by an outside
+    probe: it erased ``" "`` and wrote an audit row for it): exit 2, nothing audited."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "app", "erase", "--user-id", user_id, "--db", config.db,
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 2, (out, err)
+    assert "--user-id" in err.decode() and out == b""
+    assert db.execute("SELECT COUNT(*) FROM lifecycle_audit").fetchone() == (0,)
+
+
 async def test_a_stray_committed_permit_is_revoked_at_startup(make_client, config):
     """Someone committed a permit row by hand: the next start makes the log append-only
     again (and says so)."""

@@ -343,7 +343,7 @@ _PROBLEM_TEXT = {
     409: "Needs raw events from before the retention horizon (named in `detail`), which "
     "retention deleted",
     413: "The body is too large",
-    415: "Unsupported Content-Type or charset",
+    415: "Unsupported Content-Type, charset or Content-Encoding",
     422: "The Idempotency-Key was already used with a different body",
     500: "Server fault; the cause is in the server log, never in the answer",
     503: "Overloaded, database busy or shutting down: retry after `Retry-After`",

@@ -440,6 +440,33 @@ async def test_gzip_body_is_accepted(client: TestClient) -> None:
     assert response.status == 202
 
 
+@pytest.mark.parametrize("encoding", ["compress", "x-gzip", "gzip, gzip", "gzip;q=1", "exi"])
+@pytest.mark.parametrize("path", ["/events", "/events/batch"])
+async def test_a_content_coding_the_service_does_not_decode_is_415(
+    client: TestClient, db: Database, encoding: str, path: str
+) -> None:
+    """aiohttp decodes only a lone ``gzip`` or ``deflate`` (or ``br``, ``zstd`` with their
+    libraries) and passes any other coding through undecoded: the body was then parsed as
+    if it had none (found by an outside probe). RFC 9110: 415, naming the header."""
+    event = orjson.dumps(view())
+    body = event if path == "/events" else b'{"events":[%s]}' % event
+    response = await client.post(path, data=body, headers={**JSON, "Content-Encoding": encoding})
+    await assert_problem(response, 415, "Content-Encoding")
+    assert stored(db) == 0
+
+
+@pytest.mark.parametrize("encoding", ["identity", "GZIP"])
+async def test_identity_and_any_case_of_gzip_are_accepted(
+    client: TestClient, encoding: str
+) -> None:
+    import gzip
+
+    raw = orjson.dumps(view())
+    body = raw if encoding == "identity" else gzip.compress(raw)
+    response = await post(client, body, {**JSON, "Content-Encoding": encoding})
+    assert response.status == 202, await response.text()
+
+
 async def test_bad_idempotency_key_and_bad_body_are_reported_together(
     client: TestClient, db: Database
 ) -> None:

@@ -21,7 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from schema.backends import describe
+from schema.backends import describe, is_url
+
+# A group commit takes up to one request (1,000 events) past commit_max_events; on
+# PostgreSQL a transaction numbers at most 65,535 events (schema/postgres/lifecycle.py).
+PG_COMMIT_MAX_EVENTS = 64_000
 
 _INTEGER = re.compile(r"-?[0-9]+")
 _DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
@@ -193,6 +197,11 @@ class Config:
             )
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be 0 (any free port) to 65535")
+        if is_url(self.db) and self.commit_max_events > PG_COMMIT_MAX_EVENTS:
+            raise ValueError(
+                f"commit_max_events must be at most {PG_COMMIT_MAX_EVENTS} on PostgreSQL "
+                "(a transaction numbers at most 65,535 events)"
+            )
         if self.retention_days < 0:
             raise ValueError("retention_days must be 0 (keep everything) or a number of days")
         for name in ("reconcile_minutes", "idempotency_hours", "busy_timeout_ms", "body_timeout_s"):

@@ -40,6 +40,7 @@ class Database(Protocol):
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
     def close(self) -> None: ...
     def holding_writes(self) -> Any: ...
+    def snapshot(self) -> Any: ...
     def failing_inserts(self, table: str, message: str) -> Any: ...
     def table_names(self) -> list[str]: ...
     def column_names(self, table: str) -> list[str]: ...
@@ -72,6 +73,15 @@ class SQLiteDatabase:
 
     def column_names(self, table: str) -> list[str]:
         return [c[1] for c in self.conn.execute(f'PRAGMA table_info("{table}")')]
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every statement of the block reads one snapshot of the database."""
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.conn.execute("COMMIT")
 
     @contextmanager
     def holding_writes(self) -> Iterator[None]:
@@ -141,6 +151,15 @@ class PostgresDatabase:
             " WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position"
         )
         return [name for (name,) in self.execute(sql, (table,))]
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every statement of the block reads one snapshot of the database."""
+        self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            yield
+        finally:
+            self.conn.execute("COMMIT")
 
     @contextmanager
     def holding_writes(self) -> Iterator[None]:

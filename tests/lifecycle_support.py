@@ -1,9 +1,8 @@
 """Shared by the data lifecycle tests (erasure, export, retention): reference answers
-computed directly on the database file, and the admin token."""
+computed directly on the database (either backend), and the admin token."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter
 from collections.abc import Iterable
 
@@ -11,6 +10,7 @@ import uuid_utils
 from aiohttp.test_utils import TestClient
 
 from schema.storage import EventRow
+from tests.databases import Database
 
 TOKEN = "lifecycle-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -52,38 +52,54 @@ def spread(users: Iterable[str], days: Iterable[int], month: str = "2025-05") ->
 
 
 # --- reference answers: COUNT(*) on the log, grouped as each rollup is --------------
+# In each backend's own SQL, written independently of the service's expressions.
 
-LOG_BY_DAY = "SELECT substr(timestamp, 1, 10), event_type, COUNT(*) FROM events GROUP BY 1, 2"
-LOG_BY_QUARTER = """
+LOG_BY_DAY = {
+    "sqlite": "SELECT substr(timestamp, 1, 10), event_type, COUNT(*) FROM events GROUP BY 1, 2",
+    "postgres": """
+SELECT to_char(timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD'), event_type, COUNT(*)
+FROM events GROUP BY 1, 2
+""",
+}
+LOG_BY_QUARTER = {
+    "sqlite": """
 SELECT unixepoch(substr(timestamp, 1, 19)) / 900 * 900, event_type, COUNT(*)
 FROM events GROUP BY 1, 2
-"""
+""",
+    "postgres": """
+SELECT (floor(extract(epoch FROM timestamp) / 900) * 900)::bigint, event_type, COUNT(*)
+FROM events GROUP BY 1, 2
+""",
+}
 
 
-def log_by_day(db: sqlite3.Connection) -> dict[tuple[str, str], int]:
-    return {(d, t): n for d, t, n in db.execute(LOG_BY_DAY)}
+def log_by_day(db: Database) -> dict[tuple[str, str], int]:
+    return {(d, t): n for d, t, n in db.execute(LOG_BY_DAY[db.backend])}
 
 
-def log_by_quarter(db: sqlite3.Connection) -> dict[tuple[int, str], int]:
-    return {(b, t): n for b, t, n in db.execute(LOG_BY_QUARTER)}
+def log_by_quarter(db: Database) -> dict[tuple[int, str], int]:
+    return {(b, t): n for b, t, n in db.execute(LOG_BY_QUARTER[db.backend])}
 
 
-def daily_rollup(db: sqlite3.Connection) -> dict[tuple[str, str], int]:
-    return {(d, t): n for d, t, n in db.execute("SELECT * FROM daily_event_counts")}
+def daily_rollup(db: Database) -> dict[tuple[str, str], int]:
+    """The daily rollup as the service reads it (PostgreSQL spreads a count over slots)."""
+    sql = "SELECT day, event_type, SUM(count) FROM daily_event_counts GROUP BY day, event_type"
+    return {(d, t): n for d, t, n in db.execute(sql)}
 
 
-def quarter_rollup(db: sqlite3.Connection) -> dict[tuple[int, str], int]:
-    return {(b, t): n for b, t, n in db.execute("SELECT * FROM quarter_hour_event_counts")}
+def quarter_rollup(db: Database) -> dict[tuple[int, str], int]:
+    sql = (
+        "SELECT bucket, event_type, SUM(count) FROM quarter_hour_event_counts"
+        " GROUP BY bucket, event_type"
+    )
+    return {(b, t): n for b, t, n in db.execute(sql)}
 
 
-def assert_exact(db: sqlite3.Connection) -> None:
+def assert_exact(db: Database) -> None:
     """The exactness invariant, read in one snapshot: both rollups equal the log."""
-    db.execute("BEGIN")
-    try:
+    with db.snapshot():
         assert daily_rollup(db) == log_by_day(db)
         assert quarter_rollup(db) == log_by_quarter(db)
-    finally:
-        db.execute("COMMIT")
 
 
 def user_counts(rows: Iterable[EventRow], user: str) -> Counter[tuple[str, str]]:

@@ -59,6 +59,8 @@ EMPTY_SQL = [
     "DELETE FROM daily_event_counts",
     "DELETE FROM quarter_hour_event_counts",
     "DELETE FROM idempotency_keys",
+    "DELETE FROM lifecycle_audit",
+    "UPDATE log_state SET horizon = NULL, expired_seq = 0",
 ]
 DISCONNECT_WAIT_S = 1.0  # a closed client's server process may take a moment to exit
 

@@ -33,10 +33,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from schema.events import EVENT_TYPES
-from schema.postgres import locks
+from schema.postgres import lifecycle, locks
+from schema.postgres.lifecycle import MOST_ROWS_PER_APPEND, POSITIONS_PER_TRANSACTION
 from schema.postgres.migrate import migrate
 from schema.storage import (
     AuditEntry,
+    BeforeHorizonError,
     CountPlan,
     DayRecount,
     ExportFilter,
@@ -78,13 +80,15 @@ RETURNING key
 """
 FIND_KEYS_SQL = "SELECT key, request_hash, response FROM idempotency_keys WHERE key = ANY($1)"
 # The events and the rollup rows they make, in one statement: the counts come from the
-# rows as stored, rollup keys in order (no deadlocks), added to this writer's slot.
+# rows as stored, rollup keys in order (no deadlocks), added to this writer's slot. Each
+# event's position is this transaction's id × 65,536 + its ordinal (schema.postgres.lifecycle).
 APPEND_SQL = f"""
 WITH appended AS (
-    INSERT INTO events (event_id, user_id, event_type, timestamp, payload)
-    SELECT event_id, user_id, event_type, ts::timestamptz, payload
+    INSERT INTO events (seq, event_id, user_id, event_type, timestamp, payload)
+    SELECT (SELECT pg_current_xact_id()::text::bigint * {POSITIONS_PER_TRANSACTION}) + ordinal,
+        event_id, user_id, event_type, ts::timestamptz, payload
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::json[])
-        AS r(event_id, user_id, event_type, ts, payload)
+        WITH ORDINALITY AS r(event_id, user_id, event_type, ts, payload, ordinal)
     RETURNING timestamp, event_type
 ), daily AS (
     INSERT INTO daily_event_counts AS c (day, event_type, slot, count)
@@ -124,6 +128,7 @@ def _totals(aggregate: str) -> str:
     return f"ARRAY[{sums}]::bigint[]"
 
 
+HORIZON_ROW = 3  # the count's last row: the retention horizon, read in the same snapshot
 COUNT_PLAN_SQL = f"""
 SELECT 0, r.i, (
     SELECT {_totals("SUM(count)")} FROM daily_event_counts
@@ -140,6 +145,9 @@ SELECT 2, r.i, (
     WHERE event_type IN ({", ".join(f"'{t}'" for t in EVENT_TYPES)})
       AND timestamp >= r.lo::timestamptz AND timestamp < r.hi::timestamptz
 ) FROM unnest($5::text[], $6::text[]) WITH ORDINALITY AS r(lo, hi, i)
+UNION ALL
+SELECT {HORIZON_ROW}, 0, ARRAY[(extract(epoch FROM horizon) * 1000000)::bigint]
+FROM log_state WHERE horizon IS NOT NULL
 """
 NEWEST_BUCKET_SQL = "SELECT MAX(bucket) FROM quarter_hour_event_counts"
 
@@ -178,6 +186,9 @@ INSERT INTO quarter_hour_event_counts (bucket, event_type, slot, count)
 SELECT bucket, event_type, 0, count
 FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS q(bucket, event_type, count)
 """
+HORIZON_SQL = "SELECT horizon FROM log_state"
+# A repair's first statement: waits for a retention step that is raising the horizon.
+HORIZON_FOR_SHARE_SQL = "SELECT horizon FROM log_state FOR SHARE"
 TRY_LOCK_SQL = "SELECT pg_try_advisory_lock($1, $2)"
 UNLOCK_SQL = "SELECT pg_advisory_unlock($1, $2)"
 
@@ -495,6 +506,8 @@ class PostgresStore:
                     raise _KeyVanishedError()
                 groups = [g for g in groups if not (g.key and g.key[0] in stored)]
         rows = [row for group in groups for row in group.rows]
+        if len(rows) > MOST_ROWS_PER_APPEND:  # config refuses such a commit_max_events
+            raise StorageError(f"a group commit holds at most {MOST_ROWS_PER_APPEND} events")
         if rows:
             columns = [list(column) for column in zip(*rows, strict=True)]
             await conn.execute(APPEND_SQL, *columns, self.slot)
@@ -527,7 +540,14 @@ class PostgresStore:
             _distinct((i, lo, hi or "infinity", 1) for i, lo, hi in plan.log),
         ]
         args = [list(column) for ranges in sources for column in _columns(ranges)]
-        return _tally(await self._fetch(COUNT_PLAN_SQL, *args), sources, wanted)
+        rows = await self._fetch(COUNT_PLAN_SQL, *args)
+        for source, _, totals in rows:
+            if source != HORIZON_ROW:
+                continue
+            horizon = lifecycle.horizon_of_micros(totals[0])
+            if any(lo < horizon for _, lo, _ in plan.log):
+                raise BeforeHorizonError(horizon)  # those raw events are gone: never undercount
+        return _tally((r for r in rows if r[0] != HORIZON_ROW), sources, wanted)
 
     @_translated
     async def newest_bucket(self) -> int | None:
@@ -553,11 +573,14 @@ class PostgresStore:
     async def recount_day(self, day: str, *, repair: bool) -> DayRecount:
         """The first look is a read snapshot, without any lock: commits change the log and
         the rollups together, so a day that agrees in a snapshot stays right. Only a day
-        that differs is recounted and rewritten under the rollup lock."""
+        that differs is recounted and rewritten under the rollup lock. A day before the
+        retention horizon is frozen: nothing is counted or written."""
         parsed = parse_day(day)
         async with self._maintenance_lock:
             conn = await self._maintenance_connection()
             async with conn.transaction(isolation="repeatable_read", readonly=True):
+                if _frozen(day, await conn.fetchval(HORIZON_SQL)):
+                    return DayRecount(day, {}, {}, frozen=True)
                 look = await _count_and_read(conn, day, parsed)
             if not look.differs or not repair or parsed is None:
                 return look.result(day)
@@ -566,10 +589,16 @@ class PostgresStore:
                     async with conn.transaction():  # READ COMMITTED: sees every commit
                         await conn.execute(LOCK_ROLLUPS_SQL)
                         began = time.perf_counter()
-                        look = await _count_and_read(conn, day, parsed)  # exact now
-                        if look.differs:
-                            await look.rewrite(conn, day, parsed)
+                        # Retention may have frozen the day meanwhile (it raises the
+                        # horizon before it deletes; FOR SHARE waits for such a step).
+                        frozen = _frozen(day, await conn.fetchval(HORIZON_FOR_SHARE_SQL))
+                        if not frozen:
+                            look = await _count_and_read(conn, day, parsed)  # exact now
+                            if look.differs:
+                                await look.rewrite(conn, day, parsed)
                     held_ms = (time.perf_counter() - began) * 1000
+                    if frozen:
+                        return DayRecount(day, {}, {}, frozen=True, held_ms=held_ms)
                     return look.result(day, repaired=look.differs, held_ms=held_ms)
                 except asyncpg.LockNotAvailableError:
                     if attempt == BUSY_ATTEMPTS:
@@ -577,35 +606,70 @@ class PostgresStore:
                     log.warning("rollup recount of %s: rollups busy, retrying", day)
         raise AssertionError("unreachable")
 
-    # --- data lifecycle ----------------------------------------------------------------
-    # Erasure, retention and export are built on SQLite (issue 12) and not yet here: the
-    # schema is ready for them (the sanctioned-delete setting, month partitions to drop,
-    # the (timestamp, event_id) order), the commit-ordered positions they need are not.
-    # Until then there is no horizon, nothing is frozen, and the rest refuses clearly.
+    # --- data lifecycle (schema/postgres/lifecycle.py) ---------------------------------
 
+    @_translated
     async def horizon(self) -> str | None:
-        return None  # retention never ran on this backend
+        (horizon,) = (await self._fetch(HORIZON_SQL))[0]
+        return format_ts(horizon) if horizon is not None else None
 
     @_translated
     async def oldest_timestamp(self) -> str | None:
         oldest = (await self._fetch(LOG_SPAN_SQL))[0][0]
         return format_ts(oldest) if oldest is not None else None
 
+    @_translated
     async def log_position(self) -> int:
-        raise LifecycleNotBuiltError("export")
+        """Waits (up to the busy timeout) for the transactions in progress to end: see
+        ``lifecycle.settled_position``."""
 
+        async def snapshot() -> tuple[int, int]:
+            xmin, xmax = (await self._fetch(lifecycle.SNAPSHOT_SQL))[0]
+            return xmin, xmax
+
+        return await lifecycle.settled_position(snapshot, self.busy_timeout_ms / 1000)
+
+    @_translated
     async def export_page(self, spec: ExportFilter, after: int, limit: int) -> ExportPage:
-        raise LifecycleNotBuiltError("export")
+        async with self._readers().acquire() as conn:
+            page, refused = await lifecycle.export_page(conn, spec, after, limit)
+        if refused is not None:
+            raise BeforeHorizonError(refused)  # retention took rows this export wants
+        return page
 
+    @_translated
     async def erase_step(
         self, user_id: str, *, upto: int, limit: int, audit: AuditEntry, resume: int = 0
     ) -> LifecycleStep:
-        raise LifecycleNotBuiltError("erasure")
+        async with self._maintenance_lock:
+            conn = await self._maintenance_connection()
+            for attempt in range(1, APPEND_ATTEMPTS + 1):
+                try:
+                    return await lifecycle.erase_step(
+                        conn, user_id, upto=upto, limit=limit, audit=audit, resume=resume
+                    )
+                except _RETRYABLE:
+                    if attempt == APPEND_ATTEMPTS:
+                        raise
+                    log.warning("erasure step was a deadlock victim; retrying it")
+        raise AssertionError("unreachable")
 
+    @_translated
     async def expire_step(
         self, before: str, *, resume: int, limit: int, audit: AuditEntry
     ) -> LifecycleStep:
-        raise LifecycleNotBuiltError("retention")
+        async with self._maintenance_lock:
+            conn = await self._maintenance_connection()
+            step, dropped = await lifecycle.expire_step(
+                conn,
+                before,
+                limit=limit,
+                audit=audit,
+                lock_timeout=self._settings("maintenance", write=True)["lock_timeout"],
+            )
+        if dropped is not None:  # gone: a later append of that month creates it anew
+            self._months.discard(dropped)
+        return step
 
     # --- jobs ----------------------------------------------------------------------------
 
@@ -637,13 +701,6 @@ class PostgresStore:
                 raise
 
 
-class LifecycleNotBuiltError(StorageError):
-    """This lifecycle operation is not built on the PostgreSQL backend yet."""
-
-    def __init__(self, operation: str):
-        super().__init__(f"{operation} is not available on the PostgreSQL backend yet")
-
-
 class _KeyVanishedError(Exception):
     """A key that conflicted was gone when its answer was read (pruned in between)."""
 
@@ -654,6 +711,12 @@ class _KeyVanishedError(Exception):
 async def _find_keys(conn: asyncpg.Connection, keys: list[str]) -> dict[str, StoredKey]:
     rows = await conn.fetch(FIND_KEYS_SQL, keys)
     return {key: (bytes(digest), response) for key, digest, response in rows}
+
+
+def _frozen(day: str, horizon: datetime | None) -> bool:
+    """``day`` (a key, maybe not a date) lies before the retention horizon (a UTC day's
+    first instant): its raw events are gone, its rollups can no longer be recounted."""
+    return horizon is not None and day < horizon.date().isoformat()
 
 
 # A plan's parts as distinct ranges: ``{(lo, hi): [(part, sign), …]}`` (read once each).
@@ -694,6 +757,11 @@ async def _days_to_check(
 ) -> list[str]:
     """Every day from the log's first timestamp to its last (two index descents, not a
     scan), and every day holding rollup rows; within ``[start, end]``."""
+
+    horizon = await conn.fetchval(HORIZON_SQL)
+    if horizon is not None:  # days before it are frozen: never listed
+        live_from = horizon.date()
+        start = live_from if start is None else max(start, live_from)
 
     def wanted(day: date) -> bool:
         return (start is None or day >= start) and (end is None or day <= end)

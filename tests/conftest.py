@@ -11,8 +11,7 @@ once per storage backend.
 A test that uses ``config`` (or anything built on it: ``client``, ``db``, ``make_client``)
 runs as ``[sqlite-…]`` and ``[postgres-…]``. Marks that keep a test on SQLite alone:
 ``sqlite_only`` (a test of SQLite itself: file pragmas, WAL, file locking) and
-``backend_independent`` (HTTP behaviour above the storage: parsing, auth, OpenAPI) and
-``not_on_postgres_yet`` (the data lifecycle: erasure, retention, export).
+``backend_independent`` (HTTP behaviour above the storage: parsing, auth, OpenAPI).
 ``postgres`` is on every PostgreSQL run, so ``pytest -m "not postgres"`` needs no cluster.
 """
 
@@ -49,10 +48,6 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "backend_independent: tests HTTP behaviour above the storage; runs once, on SQLite",
     )
-    config.addinivalue_line(
-        "markers",
-        "not_on_postgres_yet(reason): a feature the PostgreSQL backend does not have yet",
-    )
     config.addinivalue_line("markers", "postgres: runs on the PostgreSQL backend")
 
 
@@ -62,7 +57,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     only_sqlite = any(
         metafunc.definition.get_closest_marker(name) is not None
-        for name in ("sqlite_only", "backend_independent", "not_on_postgres_yet")
+        for name in ("sqlite_only", "backend_independent")
     )
     metafunc.parametrize(
         "backend",

@@ -16,12 +16,7 @@ from app.keys import RUNNER, STORE
 from schema.storage import WriteGroup
 from tests.browser_support import chromium, live_server
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.not_on_postgres_yet(
-        "erasure, retention and export are built on SQLite only so far"
-    ),
-]
+pytestmark = pytest.mark.browser
 TOKEN = "dashboard-admin-token"
 PAYLOAD = '{"url":"https://example.com/a,\\"b\\"","title":"line\\nbreak"}'
 
@@ -35,8 +30,13 @@ def days_back(n: int) -> date:
     return datetime.now(UTC).date() - timedelta(days=n)
 
 
-async def test_export_csv_of_the_range_with_the_token_in_memory_only(tmp_path: Path) -> None:
-    async with live_server(tmp_path, admin_token=TOKEN) as server, chromium() as browser:
+async def test_export_csv_of_the_range_with_the_token_in_memory_only(
+    tmp_path: Path, database: str
+) -> None:
+    async with (
+        live_server(tmp_path, admin_token=TOKEN, database=database) as server,
+        chromium() as browser,
+    ):
         rows = []
         for back in range(10, 0, -1):
             day = days_back(back).isoformat()

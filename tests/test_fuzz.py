@@ -40,8 +40,6 @@ CHECKS = [
     negative_data_rejection,
 ]
 SEEN: Counter[int] = Counter()
-# Erasure and export are built on SQLite only so far (tests marked not_on_postgres_yet).
-NOT_ON_POSTGRES_YET = ("/admin/export", "/admin/erasures")
 
 
 @pytest.fixture(
@@ -97,8 +95,6 @@ def test_every_operation_answers_as_documented(live: Service) -> None:
     failures: list[str] = []
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 10
-    if "://" in str(live.db):  # on PostgreSQL
-        operations = [o for o in operations if not o.path.startswith(NOT_ON_POSTGRES_YET)]
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             _run(operation, mode, live, failures)

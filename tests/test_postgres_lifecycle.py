@@ -1,0 +1,225 @@
+"""The data lifecycle where only PostgreSQL differs: positions of transactions that commit
+out of the order they took them in, whole month partitions dropped by retention, and a
+partition too busy to drop emptied row by row. The behaviour both backends share is
+tested in test_erasure.py, test_export.py and test_retention.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from datetime import date
+
+import asyncpg
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+
+from app.config import Config
+from app.keys import RUNNER, STORE
+from schema.postgres.store import APPEND_SQL
+from tests.databases import Database, connect
+from tests.helpers import append, assert_problem
+from tests.lifecycle_support import (
+    AUTH,
+    TOKEN,
+    assert_exact,
+    daily_rollup,
+    event,
+    quarter_rollup,
+    spread,
+)
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def config(pg_database: str) -> Config:
+    """The app of these tests runs on PostgreSQL only (overrides conftest's config)."""
+    return Config(db=pg_database, reconcile_minutes=0, access_log=False, admin_token=TOKEN)
+
+
+@pytest.fixture
+def db(client: TestClient, config: Config) -> Iterator[Database]:
+    conn = connect(config.db)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+async def early_writer(config: Config) -> AsyncIterator[asyncpg.Connection]:
+    """Another instance's writer connection (its own rollup slot, 15)."""
+    conn = await asyncpg.connect(config.db)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def open_append(conn: asyncpg.Connection, rows: list) -> asyncpg.transaction.Transaction:  # type: ignore[type-arg]
+    """Begin another writer's group commit and leave it open: its events have their
+    positions (its transaction id is taken) but are not committed."""
+    transaction = conn.transaction()
+    await transaction.start()
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    await conn.execute(APPEND_SQL, *columns, 15)
+    return transaction
+
+
+async def export_lines(client: TestClient, **params: str) -> tuple[int, str, list[dict]]:
+    resp = await client.get("/admin/export", params=params, headers=AUTH)
+    if resp.status != 200:
+        return resp.status, "", []
+    lines = [orjson.loads(line) for line in (await resp.read()).splitlines()]
+    return resp.status, resp.headers["X-Export-Cursor"], lines
+
+
+# --- positions across writers ---------------------------------------------------------
+
+
+async def test_a_commit_that_took_its_position_first_and_commits_last_is_never_skipped(
+    client: TestClient, db: Database, early_writer: asyncpg.Connection
+) -> None:
+    """Writer A takes its transaction id, writer B commits after it, A commits last. An
+    export waits for A rather than give a cursor past A's events before they are
+    visible, so resuming from any cursor given never skips A's events."""
+    await append(client, [event("before", "view", "2025-05-01T00:00:00.000000Z")])
+    _, first_cursor, _ = await export_lines(client)
+
+    early = event("early", "view", "2025-05-01T01:00:00.000000Z")
+    late = event("late", "view", "2025-05-01T02:00:00.000000Z")
+    transaction = await open_append(early_writer, [early])
+    await append(client, [late])  # B commits while A is still open
+    (b_seq,) = db.execute("SELECT seq FROM events WHERE user_id = 'late'").fetchone()
+
+    exporting = asyncio.ensure_future(export_lines(client, after=first_cursor))
+    await asyncio.sleep(0.3)
+    assert not exporting.done()  # waits for A: its position is below B's
+    await transaction.commit()
+    status, cursor, lines = await asyncio.wait_for(exporting, 10)
+    assert status == 200
+    assert [line.get("user_id") for line in lines[:-1]] == ["early", "late"]  # log order
+    (a_seq,) = db.execute("SELECT seq FROM events WHERE user_id = 'early'").fetchone()
+    assert int(first_cursor) < a_seq < b_seq <= int(cursor)
+
+    _, _, again = await export_lines(client, after=cursor)
+    assert again == [{"cursor": again[-1]["cursor"], "events": 0}]  # no overlap
+
+
+@pytest.mark.server_fault  # a busy database's 503 is logged with its cause
+async def test_a_transaction_left_open_makes_exports_503_never_short(
+    make_client, config: Config, early_writer: asyncpg.Connection
+) -> None:
+    client = await make_client(busy_timeout_ms=200)
+    await append(client, spread(["a"], [1]))
+    transaction = await open_append(
+        early_writer, [event("slow", "view", "2025-05-02T00:00:00.000000Z")]
+    )
+    await append(client, [event("b", "view", "2025-05-02T01:00:00.000000Z")])  # commits after
+    try:
+        resp = await client.get("/admin/export", headers=AUTH)
+        await assert_problem(resp, 503)
+        assert "Retry-After" in resp.headers
+        resp = await client.post("/admin/erasures", json={"user_id": "a"}, headers=AUTH)
+        await assert_problem(resp, 503)
+    finally:
+        await transaction.commit()
+    status, _, lines = await export_lines(client)
+    assert status == 200 and len(lines) - 1 == 6 + 2
+
+
+# --- retention: partitions ------------------------------------------------------------
+
+
+def partitions(db: Database) -> set[str]:
+    sql = (
+        "SELECT c.relname FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = 'events'::regclass"
+    )
+    return {name for (name,) in db.execute(sql)}
+
+
+async def test_retention_drops_whole_months_and_deletes_rows_of_the_rest(
+    client: TestClient, db: Database
+) -> None:
+    rows = spread(["a", "b"], range(1, 31), "2025-03") + spread(["a", "b"], range(1, 31), "2025-04")
+    rows += spread(["a", "b"], range(1, 6), "2025-05")
+    await append(client, rows)
+    assert {"events_2025_03", "events_2025_04", "events_2025_05"} <= partitions(db)
+    (top_april,) = db.execute(
+        "SELECT MAX(seq) FROM events WHERE timestamp < '2025-05-01T00:00:00Z'"
+    ).fetchone()
+    daily, quarters = daily_rollup(db), quarter_rollup(db)
+
+    report = await client.server.app[RUNNER].expire(date(2025, 5, 3))
+
+    assert report.events_deleted == 2 * 6 * (30 + 30 + 2)
+    assert report.transactions == 3  # March, April (dropped), then May 1-2 (rows)
+    assert report.horizon == "2025-05-03T00:00:00.000000Z"
+    names = partitions(db)
+    assert "events_2025_03" not in names and "events_2025_04" not in names
+    assert "events_2025_05" in names and "events_default" in names
+    assert db.execute("SELECT MIN(timestamp) FROM events").fetchone() == (
+        "2025-05-03T00:00:00.000000Z",
+    )
+    assert daily_rollup(db) == daily and quarter_rollup(db) == quarters  # kept
+    (expired_seq,) = db.execute("SELECT expired_seq FROM log_state").fetchone()
+    assert expired_seq >= top_april
+    audit = db.execute("SELECT events_deleted, finished_at IS NOT NULL FROM lifecycle_audit")
+    assert audit.fetchall() == [(report.events_deleted, True)]
+    # whole days are still answered from the rollups; the raw months are gone for exports
+    resp = await client.get(
+        "/analytics/event-counts", params={"start_date": "2025-03-01", "end_date": "2025-05-05"}
+    )
+    assert await resp.json() == {"total_events": len(rows)}
+    resp = await client.get("/admin/export", params={"start_date": "2025-04-01"}, headers=AUTH)
+    await assert_problem(resp, 409, "start_date")
+
+    # a later append to a dropped month recreates its partition
+    await append(client, [event("late", "view", "2025-04-15T00:00:00.000000Z")])
+    assert "events_2025_04" in partitions(db)
+
+
+async def test_a_month_too_busy_to_drop_is_emptied_row_by_row(
+    client: TestClient, db: Database, config: Config
+) -> None:
+    await append(client, spread(["a"], range(1, 31), "2025-04") + spread(["a"], [1], "2025-05"))
+    reader = await asyncpg.connect(config.db)
+    try:
+        async with reader.transaction():  # a long read holds the log: DROP cannot have it
+            await reader.fetchval("SELECT COUNT(*) FROM events")
+            runner = client.server.app[RUNNER]
+            report = await runner.expire(date(2025, 5, 1))
+    finally:
+        await reader.close()
+    assert report.events_deleted == 6 * 30 and report.completed
+    assert "events_2025_04" in partitions(db)  # still there, empty
+    assert db.execute("SELECT COUNT(*) FROM events").fetchone() == (6,)
+    assert_exact_live(db)
+
+
+def assert_exact_live(db: Database) -> None:
+    """Rollups of the days still in the log equal the log (retention kept the others)."""
+    live = {k: v for k, v in daily_rollup(db).items() if k[0] >= "2025-05-01"}
+    assert live == {("2025-05-01", t): n for t, n in (("view", 3), ("click", 2), ("location", 1))}
+
+
+async def test_erasure_and_retention_keep_both_rollups_exact_across_slots(
+    client: TestClient, db: Database, early_writer: asyncpg.Connection
+) -> None:
+    """Counts spread over two writers' slots: erasure rewrites each touched key into one
+    slot and leaves untouched keys alone."""
+    await append(client, spread(["a", "b"], [1, 2]))
+    transaction = await open_append(early_writer, spread(["a", "c"], [2, 3]))
+    await transaction.commit()
+    slots = db.execute("SELECT DISTINCT slot FROM daily_event_counts ORDER BY 1").fetchall()
+    assert len(slots) == 2
+    resp = await client.post("/admin/erasures", json={"user_id": "a"}, headers=AUTH)
+    assert (await resp.json())["events_deleted"] == 6 * 2 + 6 * 2
+    assert_exact(db)
+    # May 2 was in both slots: now one row per key
+    rows = db.execute(
+        "SELECT event_type, COUNT(*) FROM daily_event_counts WHERE day = '2025-05-02' GROUP BY 1"
+    ).fetchall()
+    assert {n for _, n in rows} == {1}
+    store = client.server.app[STORE]
+    assert not (await store.recount_day("2025-05-02", repair=False)).differs

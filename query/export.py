@@ -6,16 +6,17 @@ constant memory.
 ``open_export`` and ``chunks``.
 
 - **Which events.** Positions (``seq``) in ``(after, cursor]``, where ``cursor`` is the
-  newest position when the export began (``Storage.log_position``): the
+  log's position when the export began (``Storage.log_position``; on PostgreSQL a bound
+  of transaction ids, not an event's own position): the
   ``X-Export-Cursor`` header, sent before the first line, and, for NDJSON, the last line
   ``{"cursor": "…", "events": n}``. Positions are never reused and become visible in
   order, so an export resumed with ``after=<cursor>`` holds exactly the matching events
   committed after the first one began: no overlap, no gap. Events committed while an
   export runs belong to the next one.
 - **Reading.** Keyset pagination: each page is one short snapshot on a reader of the pool
-  (``Storage.export_page``), at most ``PAGE_EVENTS`` rows of at most ``EXPORT_WINDOW``
-  positions, so an export never holds a reader between pages and analytics queries keep
-  theirs. An event erased before its page is read is not exported.
+  (``Storage.export_page``), at most ``PAGE_EVENTS`` rows (on SQLite of at most
+  ``EXPORT_WINDOW`` positions), so an export never holds a reader between pages and
+  analytics queries keep theirs. An event erased before its page is read is not exported.
 - **Writing.** A chunked ``StreamResponse``: each page is written (and drained) before the
   next is read, so memory does not grow with the export.
 - **Retention.** When retention deleted an event the export would include (its range

@@ -18,8 +18,10 @@ Guarantees every backend gives (the same test suite checks them on each):
   exact while ingestion goes on; it never touches a day before the retention horizon.
 - Every event has a **position** (``seq``): positions grow with every append, are never
   given twice (not even after the newest events were erased) and become visible in order:
-  once a position is visible to a reader, every lower position that will ever be
-  committed already is. Export cursors are positions.
+  once ``log_position`` returned a position, every event at or below it that will ever be
+  committed already is (SQLite: one writer at a time numbers them; PostgreSQL: the
+  appending transaction's id, ``schema/postgres/lifecycle.py``). Export cursors are
+  positions.
 - Erasure and retention are the only ways out of the log, each a series of bounded
   transactions that are consistent on their own (``erase_step``, ``expire_step``).
 """
@@ -213,8 +215,11 @@ class Storage(Protocol):
         """The database answers a trivial query."""
 
     async def log_position(self) -> int:
-        """The position of the newest committed event, or of the newest ever deleted if
-        that is higher (0 for a log that never held one)."""
+        """A position at or above every event committed before the call, below which no
+        event can appear later. SQLite: the newest committed event's, or the newest ever
+        deleted if that is higher (0 for a log that never held one). PostgreSQL: a bound
+        of transaction ids, once the transactions below it have ended (it waits for them
+        up to the busy timeout, then raises ``StorageBusyError``)."""
 
     async def horizon(self) -> str | None:
         """The retention horizon (a timestamp string), or None while retention never

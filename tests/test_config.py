@@ -86,6 +86,8 @@ def test_environment_then_flags_win() -> None:
         {"ANALYTICS_RETENTION_DAYS": "99999999999999"},
         {"ANALYTICS_BODY_TIMEOUT_S": "99999999999999"},
         {"ANALYTICS_READ_CONNECTIONS": "100000"},
+        # PostgreSQL numbers at most 65,535 events per transaction (log positions)
+        {"ANALYTICS_DB": "postgresql://u@h/d", "ANALYTICS_COMMIT_MAX_EVENTS": "64001"},
     ],
 )
 def test_bad_settings_exit_with_a_message(environ: dict[str, str]) -> None:

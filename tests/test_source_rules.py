@@ -16,10 +16,8 @@ PARTIAL = re.compile(r"\b(_[A-Z][A-Z0-9_]*)\.(match|search)\(")
 # Patterns that look for a prefix or a part on purpose (file, pattern name).
 PREFIXES = {
     ("schema/backends.py", "_SCHEME"),  # "scheme://" starts a --db URL
-    (
-        "schema/strict_json.py",
-        "_LONG_DIGITS",
-    ),  # a run of digits anywhere sends a body to the exact parse
+    # a run of digits anywhere in a body sends it to the exact parse
+    ("schema/strict_json.py", "_LONG_DIGITS"),
 }
 
 

@@ -207,6 +207,9 @@ _UNAVAILABLE = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.InterfaceError,
+    # A connection the server ended (a restart, pg_terminate_backend) before asyncpg read the
+    # news: its protocol refuses the next operation with "cannot switch to state …".
+    asyncpg.InternalClientError,
     OSError,
     TimeoutError,
 )
@@ -481,6 +484,10 @@ class PostgresStore:
                 try:
                     async with conn.transaction():
                         return await self._append(conn, groups)
+                except _UNAVAILABLE:
+                    self._writer = None  # never reuse it: the next commit connects afresh
+                    conn.terminate()
+                    raise
                 except _RETRYABLE:
                     if attempt == APPEND_ATTEMPTS:
                         raise

@@ -108,7 +108,10 @@ async def event_counts_by_day(request: web.Request) -> web.Response:
             [{"field": "start_date", "message": f"range must be at most {MAX_DAYS} days"}],
         )
     days = [date.fromordinal(n) for n in range(first.toordinal(), last.toordinal() + 1)]
-    intervals = [_cut(span, day_start(d, query.zone), next_day_start(d, query.zone)) for d in days]
+    # Each day ends where the next one starts: one zone conversion per day.
+    starts = [day_start(d, query.zone) for d in days]
+    starts.append(next_day_start(last, query.zone))
+    intervals = [_cut(span, starts[i], starts[i + 1]) for i in range(len(days))]
     counts = await _count(store, intervals, query.types, query)
     return _json(
         {

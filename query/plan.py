@@ -15,8 +15,9 @@ A year of local days in Kathmandu is thus ~365 short bucket ranges, not 35,000 b
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from schema.storage import CountPlan
 from schema.timestamps import format_ts
@@ -29,32 +30,30 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Interval = tuple[datetime | None, datetime | None]
 
 
+def _split(instant: datetime) -> tuple[int, int]:
+    """``(whole seconds since the Unix epoch (floor), microseconds past them)``: one
+    subtraction, the rest integer arithmetic (a plan of a year of days splits 730 bounds)."""
+    delta = instant - _EPOCH
+    return delta.days * DAY_S + delta.seconds, delta.microseconds
+
+
 def seconds(instant: datetime) -> int:
     """Whole seconds since the Unix epoch (floor)."""
-    return (instant - _EPOCH) // timedelta(seconds=1)
+    return _split(instant)[0]
 
 
 def _instant(epoch_s: int) -> datetime:
     return _EPOCH + timedelta(seconds=epoch_s)
 
 
-_LAST_S = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(seconds=1)
+_LAST_S = _split(datetime.max.replace(tzinfo=UTC))[0]
+_EPOCH_ORDINAL = _EPOCH.toordinal()
 
 
-def _ceil(instant: datetime, unit: int) -> int:
-    """The first multiple of ``unit`` seconds at or after ``instant`` (epoch seconds)."""
-    whole = seconds(instant)
-    if instant > _instant(whole):  # a fraction of a second past ``whole``
-        whole += 1
-    return -(-whole // unit) * unit
-
-
-def _floor(instant: datetime, unit: int) -> int:
-    return seconds(instant) // unit * unit
-
-
+@functools.lru_cache(maxsize=4096)
 def _day(epoch_s: int) -> str:
-    return _instant(epoch_s).date().isoformat()
+    """The UTC date of a day boundary (cached: the same days recur in every answer)."""
+    return date.fromordinal(_EPOCH_ORDINAL + epoch_s // DAY_S).isoformat()
 
 
 def _day_or_none(epoch_s: int | None) -> str | None:
@@ -73,14 +72,22 @@ class _Builder:
     def add(self, part: int, lo: datetime | None, hi: datetime | None) -> None:
         if lo is not None and hi is not None and lo >= hi:
             return
-        lo_q = _ceil(lo, QUARTER_S) if lo is not None else None
-        hi_q = _floor(hi, QUARTER_S) if hi is not None else None
+        lo_q = hi_q = None
+        lo_cut = hi_cut = False  # a bound inside a bucket, not on its edge
+        if lo is not None:
+            lo_s, lo_us = _split(lo)
+            lo_q = -(-(lo_s + (lo_us > 0)) // QUARTER_S) * QUARTER_S  # the bucket edge at/after
+            lo_cut = lo_us > 0 or lo_s != lo_q
+        if hi is not None:
+            hi_s, hi_us = _split(hi)
+            hi_q = hi_s // QUARTER_S * QUARTER_S  # the bucket edge at/before
+            hi_cut = hi_us > 0 or hi_s != hi_q
         if lo_q is not None and (lo_q > _LAST_S or (hi_q is not None and lo_q >= hi_q)):
             self._log(part, lo, hi)  # no whole bucket inside
             return
-        if lo is not None and lo_q is not None and lo < _instant(lo_q):
+        if lo_cut and lo_q is not None:
             self._log(part, lo, _instant(lo_q))
-        if hi is not None and hi_q is not None and _instant(hi_q) < hi:
+        if hi_cut and hi_q is not None:
             self._log(part, _instant(hi_q), hi)
         self._aligned(part, lo_q, hi_q)
 

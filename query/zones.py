@@ -35,8 +35,11 @@ def parse_zone(text: str) -> tzinfo | None:
     return zoneinfo.ZoneInfo(text)
 
 
+@functools.lru_cache(maxsize=8192)
 def day_start(day: date, zone: tzinfo) -> datetime | None:
     """The first instant of local ``day`` in UTC; None beyond the calendar's range.
+    (Cached: a pure function of immutable arguments, and every by-day answer asks for the
+    same days again.)
 
     A local midnight that does not exist (the clock jumps over it) is read with the
     offset before the jump, which is exactly the instant of the jump: the day's first

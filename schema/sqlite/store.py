@@ -741,16 +741,20 @@ def _tally(
     rows: Iterable[tuple[int, int, str]], sources: list[_Ranges], wanted: tuple[str, ...]
 ) -> dict[tuple[int, str], int]:
     """``{(part, event_type): n}`` from ``COUNT_PLAN_SQL``'s rows (source, range, totals)."""
-    keys = [list(ranges) for ranges in sources]
+    parts = [list(ranges.values()) for ranges in sources]  # by source, then range index
+    picked = [(i, t) for i, t in enumerate(EVENT_TYPES) if t in wanted]
     counts: dict[tuple[int, str], int] = {}
+    get = counts.get
     for source, index, totals in rows:
-        sums = orjson.loads(totals)
+        sums = orjson.loads(totals)  # a type without rows is null
         if not any(sums):
             continue
-        for part, sign in sources[source][keys[source][index]]:
-            for event_type, n in zip(EVENT_TYPES, sums, strict=True):
-                if n and event_type in wanted:
-                    counts[(part, event_type)] = counts.get((part, event_type), 0) + sign * n
+        for part, sign in parts[source][index]:
+            for i, event_type in picked:
+                n = sums[i]
+                if n:
+                    key = (part, event_type)
+                    counts[key] = get(key, 0) + sign * n
     return {key: n for key, n in counts.items() if n}
 
 

@@ -64,7 +64,8 @@ class Settings:
     )
     only: list[str] = field(
         default_factory=lambda: env_list(
-            "BENCH_ONLY", "ingest,metrics,batch,queries,rebuild,generator,report"
+            "BENCH_ONLY",
+            "ingest,metrics,batch,queries,concurrency,before,rebuild,generator,report",
         )
     )
     generator_count: int = field(
@@ -189,7 +190,7 @@ class Server:
     """A server child process on a free loopback port; ``stop()`` sends SIGTERM (the
     service drains its writer) and returns the peak RSS it reached."""
 
-    def __init__(self, name: str, argv: Sequence[str], port: int):
+    def __init__(self, name: str, argv: Sequence[str], port: int, cwd: Path = ROOT):
         self.name = name
         self.port = port
         self.url = f"http://{HOST}:{port}"
@@ -197,7 +198,7 @@ class Server:
         self.log_path = WORK / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            list(argv), cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
+            list(argv), cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT
         )
         self.peak_rss_mib: float | None = None
         self._wait_ready()
@@ -243,8 +244,16 @@ class Server:
         self.stop()
 
 
-def service(name: str, db: Path, *, access_log: bool = False, extra: Sequence[str] = ()) -> Server:
-    """The service under test: ``python -m app serve`` on ``db``."""
+def service(
+    name: str,
+    db: Path,
+    *,
+    access_log: bool = False,
+    extra: Sequence[str] = (),
+    code: Path = ROOT,
+) -> Server:
+    """The service under test: ``python -m app serve`` on ``db``, from the source tree
+    ``code`` (another checkout runs another version with the same interpreter)."""
     port = free_port()
     argv = [
         PY,
@@ -263,7 +272,7 @@ def service(name: str, db: Path, *, access_log: bool = False, extra: Sequence[st
         "0",  # no scheduled pass in the middle of a measurement
         *extra,
     ]
-    return Server(name, argv, port)
+    return Server(name, argv, port, cwd=code)
 
 
 def baseline(name: str = "baseline") -> Server:
@@ -330,15 +339,27 @@ def percentile(values: Sequence[float], p: float) -> float:
 
 def db_counts(db: Path) -> tuple[int, int]:
     """``(events in the log, SUM of the daily rollup)``."""
+    events, daily, _ = rollup_sums(db)
+    return events, daily
+
+
+def rollup_sums(db: Path) -> tuple[int, int, int | None]:
+    """``(events in the log, SUM of the daily rollup, SUM of the 15-minute rollup)``; the
+    last is None for a database without one (code before migration 0002)."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         (events,) = conn.execute("SELECT COUNT(*) FROM events").fetchone()
-        (rolled,) = conn.execute(
-            "SELECT COALESCE(SUM(count), 0) FROM daily_event_counts"
-        ).fetchone()
+        (daily,) = conn.execute("SELECT COALESCE(SUM(count), 0) FROM daily_event_counts").fetchone()
+        quarters = None
+        if conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'quarter_hour_event_counts'"
+        ).fetchone():
+            (quarters,) = conn.execute(
+                "SELECT COALESCE(SUM(count), 0) FROM quarter_hour_event_counts"
+            ).fetchone()
     finally:
         conn.close()
-    return events, rolled
+    return events, daily, quarters
 
 
 def db_bytes(db: Path) -> int:
@@ -348,6 +369,11 @@ def db_bytes(db: Path) -> int:
 def remove_db(db: Path) -> None:
     for p in db.parent.glob(db.name + "*"):
         p.unlink()
+
+
+def load_average() -> float:
+    """The 1-minute load average (the machine is shared: every run records it)."""
+    return round(os.getloadavg()[0], 2)
 
 
 def say(text: str) -> None:

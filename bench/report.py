@@ -89,21 +89,21 @@ def tables() -> list[str]:
     queries = h.load("queries")
     if queries:
         lines += [
-            "**Queries** (HTTP: wrk, 1 connection; store: the service's storage call in "
-            "process; `COUNT(*)`: the same answer from the log through its "
-            "`(event_type, timestamp)` index)",
+            "**Queries** (HTTP: wrk, 1 connection; in process: the handler called in this "
+            "process on the service's store, no HTTP; `COUNT(*)`: the same answer from the log "
+            "through its `(event_type, timestamp)` index, with the same UTC bounds)",
             "",
-            "| events | query | HTTP p50 ms | HTTP p99 ms | store p50 ms | `COUNT(*)` p50 ms | "
-            "speed-up (store) | speed-up (HTTP) | equal |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---|",
+            "| events | query | HTTP p50 ms | HTTP p99 ms | in-process p50 ms | in-process p99 ms "
+            "| `COUNT(*)` p50 ms | speed-up (in process) | speed-up (HTTP) | equal |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for size in queries["sizes"]:
             for q in size["queries"]:
-                store = q["store_p50_ms"]
                 lines.append(
                     f"| {size['events']:,} | {q['name']} | {q['http_p50_ms']:.2f} | "
-                    f"{q['http_p99_ms']:.2f} | {_f(store, '.3f')} | {q['count_p50_ms']:.1f} | "
-                    f"{_f(q['speedup_store'], ',.0f')}× | {_f(q['speedup_http'], ',.0f')}× | "
+                    f"{q['http_p99_ms']:.2f} | {q['in_process_p50_ms']:.3f} | "
+                    f"{q['in_process_p99_ms']:.3f} | {q['count_p50_ms']:.1f} | "
+                    f"{_f(q['speedup_in_process'], ',.0f')}× | {_f(q['speedup_http'], ',.0f')}× | "
                     f"{'yes' if q['equal_to_log'] else 'NO'} |"
                 )
         lines.append("")
@@ -112,9 +112,12 @@ def tables() -> list[str]:
                 f"{size['events']:,} events: database {size['db_bytes'] / 1e6:,.0f} MB = "
                 f"{size['bytes_per_event']:.0f} bytes/event "
                 f"({size['db_mib_per_million_events']:.0f} MiB per million events); "
-                f"query server peak RSS {_f(size['server_peak_rss_mib'])} MiB."
+                f"query server peak RSS {_f(size['server_peak_rss_mib'])} MiB; load average "
+                f"{size.get('load_average_at_start')} → {size.get('load_average_at_end')}."
             )
         lines.append("")
+    lines += concurrency_table()
+    lines += before_tables()
     rebuild = h.load("rebuild")
     generator = h.load("generator")
     if rebuild or generator:
@@ -123,16 +126,110 @@ def tables() -> list[str]:
             "|---|---:|---:|---:|",
         ]
         if rebuild:
+            check = rebuild.get("reconcile_check")
+            checked = (
+                f"; then `reconcile --dry-run`: {check['days_differing']} of "
+                f"{check['days_checked']} days differ"
+                if check
+                else ""
+            )
+            cpu = f", {rebuild['cpu_seconds']:.2f} s CPU" if "cpu_seconds" in rebuild else ""
             lines.append(
-                f"| rollup rebuild from an empty rollup (`{rebuild['command']}`), median of "
-                f"runs {rebuild['wall_seconds_all']} | "
-                f"{rebuild['events']:,} | {rebuild['wall_seconds']:.2f} | "
+                f"| rollup rebuild from empty rollups, daily and 15-minute "
+                f"(`{rebuild['command']}`), median of runs {rebuild['wall_seconds_all']}{cpu}"
+                f"{checked} | {rebuild['events']:,} | {rebuild['wall_seconds']:.2f} | "
                 f"{rebuild['longest_transaction_ms']:.1f} ms |"
             )
         if generator:
             lines.append(
                 f"| generator (`{generator['command']}`) | {generator['count']:,} | "
                 f"{generator['seconds']:.1f} | – |"
+            )
+        lines.append("")
+    return lines
+
+
+def concurrency_table() -> list[str]:
+    data = h.load("concurrency")
+    if not data:
+        return []
+    settings = data["settings"]
+    lines = [
+        f"**Queries at {data['connections']} connections** (wrk, {settings['threads']} threads, "
+        f"{settings['repeats']} × {settings['duration']} s per kind, order alternating; one "
+        f"server in the default configuration on {data['events']:,} events; each ratio is to "
+        "`/healthz` in the same repeat)",
+        "",
+        "| rotation | paths | requests/s | vs `/healthz` | per repeat | p50 ms | p99 ms | "
+        "non-2xx | socket errors | CPU µs/request: loop thread | other threads |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in data["summary"]:
+        cpu = row["cpu_us_per_request"]
+        ratio = "–" if row["kind"] == "/healthz" else f"{row['ratio_to_healthz']:.0%}"
+        per = "" if row["kind"] == "/healthz" else ", ".join(f"{x:.2f}" for x in row["ratios"])
+        lines.append(
+            f"| {row['kind']} | {len(data['paths'][row['kind']])} | {row['rps']:,.0f} | {ratio} | "
+            f"{per} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['non_2xx']} | "
+            f"{row['socket_errors'] + row['timeouts']} | {cpu['loop']:.0f} | {cpu['other']:.0f} |"
+        )
+    loads = [x for row in data["summary"] for x in row["load_average"]]
+    lines += ["", f"Load average during the runs: {min(loads):.1f} … {max(loads):.1f}."]
+    for name, check in data["answer_checks"].items():
+        differing = check["paths_with_another_answer"]
+        lines.append(
+            f"Answers under concurrency ({name}): {check['requests']:,} requests by "
+            f"{data['connections']} clients at once, statuses {check['statuses']}, "
+            f"{check['socket_errors']} socket errors; every answer equal to the same request "
+            f"sent alone: {'yes' if not differing else f'NO ({differing})'}."
+        )
+    return [*lines, ""]
+
+
+def before_tables() -> list[str]:
+    data = h.load("before")
+    if not data:
+        return []
+    settings = data["settings"]
+    lines = [
+        f"**Ingest now against the code before the 15-minute rollup** (`{data['before_commit']}`"
+        f"; wrk {data['connections']} connections, {settings['repeats']} × "
+        f"{settings['duration']} s per server and workload, order alternating; batches of "
+        f"{data['batch_size']} events; each ratio now / before within a repeat)",
+        "",
+        "| workload | server | events/s | vs before | per repeat | p50 ms | p99 ms | non-2xx | "
+        "CPU µs/event: loop thread | other threads |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in data["summary"]:
+        cpu = row["cpu_us_per_event"]
+        before = row["kind"] == "before"
+        ratio = "–" if before else f"{row['ratio_to_before']:.2f}"
+        lines.append(
+            f"| {row['workload']} | {row['kind']} | {row['events_per_s']:,.0f} | {ratio} | "
+            f"{'' if before else ', '.join(f'{x:.2f}' for x in row['ratios'])} | "
+            f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['non_2xx']} | {cpu['loop']:.1f} | "
+            f"{cpu['other']:.1f} |"
+        )
+    ok = all(c["ok"] for c in data["checks"])
+    verdict = "acknowledged ≤ stored ≤ acknowledged + in flight, rollups == log"
+    lines += ["", f"Each server's log checked after its runs: {verdict if ok else 'MISMATCH'}.", ""]
+    append = data.get("append")
+    if append:
+        lines += [
+            f"The append transaction in process (`synchronous = {append['synchronous']}`, "
+            f"{append['pairs']} alternating pairs per size): without → with the 15-minute upsert",
+            "",
+            "| events per commit | wall ms | wall ratio | CPU ms | CPU ratio (IQR) |",
+            "|---:|---|---:|---|---:|",
+        ]
+        for row in append["sizes"]:
+            lo, hi = row["cpu_ratio_iqr"]
+            lines.append(
+                f"| {row['events_per_commit']} | {row['wall_ms_without']:.2f} → "
+                f"{row['wall_ms_with']:.2f} | {row['wall_ratio']:.3f} | "
+                f"{row['cpu_ms_without']:.3f} → {row['cpu_ms_with']:.3f} | "
+                f"{row['cpu_ratio']:.3f} ({lo:.2f}–{hi:.2f}) |"
             )
         lines.append("")
     return lines
@@ -208,8 +305,9 @@ def targets() -> list[tuple[str, str, str, bool | None]]:
     if queries:
         biggest = max(queries["sizes"], key=lambda s: s["events"])
         n = f"{biggest['events'] / 1e6:g}M"
-        whole = [q for q in biggest["queries"] if "cut" not in q["name"]]
-        cut = [q for q in biggest["queries"] if "cut" in q["name"]]
+        issue6 = [q for q in biggest["queries"] if q.get("issue", 6) == 6]
+        whole = [q for q in issue6 if "cut" not in q["name"]]
+        cut = [q for q in issue6 if "cut" in q["name"]]
         worst = max(whole, key=lambda q: q["http_p99_ms"])
         out.append(
             (
@@ -233,12 +331,36 @@ def targets() -> list[tuple[str, str, str, bool | None]]:
             out.append(
                 (
                     f"≥ 100× COUNT(*), 30 days ({n})",
-                    f"{d30['speedup_store']:,.0f}× in process, "
+                    f"{d30['speedup_in_process']:,.0f}× in process, "
                     f"{d30['speedup_http']:,.0f}× over HTTP",
                     "queries",
-                    (d30["speedup_store"] or 0) >= TARGETS["query_speedup_30d"],
+                    (d30["speedup_in_process"] or 0) >= TARGETS["query_speedup_30d"],
                 )
             )
+        for q in biggest["queries"]:  # issue 11: each query with targets of its own
+            limit = q.get("targets", {}).get("p99_ms")
+            if limit is not None:
+                worst_p99 = max(q["http_p99_ms"], q["in_process_p99_ms"])
+                out.append(
+                    (
+                        f"{q['name']}: p99 ≤ {limit:g} ms ({n})",
+                        f"HTTP {q['http_p99_ms']:.2f} ms, in process "
+                        f"{q['in_process_p99_ms']:.2f} ms",
+                        "queries",
+                        worst_p99 <= limit,
+                    )
+                )
+            speedup = q.get("targets", {}).get("speedup")
+            if speedup is not None:
+                out.append(
+                    (
+                        f"{q['name']}: ≥ {speedup:g}× the same COUNT(*) ({n})",
+                        f"{q['speedup_in_process']:,.0f}× in process, "
+                        f"{q['speedup_http']:,.0f}× over HTTP",
+                        "queries",
+                        q["speedup_in_process"] >= speedup,
+                    )
+                )
         out.append(
             (
                 "exact: every answer == COUNT(*)",
@@ -247,6 +369,46 @@ def targets() -> list[tuple[str, str, str, bool | None]]:
                 all(q["equal_to_log"] for s in queries["sizes"] for q in s["queries"]),
             )
         )
+    conc = h.load("concurrency")
+    if conc:
+        rows = {row["kind"]: row for row in conc["summary"]}
+        for kind, goal in (("whole-day", 0.50), ("mix", 0.30)):
+            if kind in rows:
+                ratio = rows[kind]["ratio_to_healthz"]
+                out.append(
+                    (
+                        f"{kind} queries at {conc['connections']} connections ≥ {goal:.0%} of "
+                        "/healthz (1M)",
+                        f"{ratio:.0%} ({rows[kind]['rps']:,.0f}/s against "
+                        f"{rows['/healthz']['rps']:,.0f}/s)",
+                        "concurrency",
+                        ratio >= goal,
+                    )
+                )
+        errors = sum(r["non_2xx"] + r["socket_errors"] + r["timeouts"] for r in conc["summary"])
+        checks = conc["answer_checks"].values()
+        out.append(("concurrent queries: 0 errors", str(errors), "concurrency", errors == 0))
+        out.append(
+            (
+                "every concurrent answer == the same request sent alone",
+                str(all(c["ok"] for c in checks)),
+                "concurrency",
+                all(c["ok"] for c in checks),
+            )
+        )
+    before = h.load("before")
+    if before:
+        for row in before["summary"]:
+            if row["kind"] == "now":
+                out.append(
+                    (
+                        f"ingest with the 15-minute rollup within 5 % of {before['before_commit']}"
+                        f" ({row['workload']}, side by side)",
+                        f"now / before {row['ratio_to_before']:.2f}",
+                        "before",
+                        row["ratio_to_before"] >= 0.95,
+                    )
+                )
     rebuild = h.load("rebuild")
     if rebuild:
         n = f"{rebuild['events'] / 1e6:g}M"
@@ -266,6 +428,16 @@ def targets() -> list[tuple[str, str, str, bool | None]]:
                 rebuild["longest_transaction_ms"] <= TARGETS["rebuild_longest_transaction_ms"],
             )
         )
+        check = rebuild.get("reconcile_check")
+        if check:
+            out.append(
+                (
+                    "rebuild: both rollups exact afterwards (reconcile --dry-run)",
+                    f"{check['days_differing']} of {check['days_checked']} days differ",
+                    "rebuild",
+                    check["days_differing"] == 0 and rebuild["rollup_equals_log"],
+                )
+            )
     rss = []
     if ingest:
         rss += [v for k, v in ingest["peak_rss_mib"].items() if k != "baseline" and v]
@@ -361,8 +533,9 @@ def plots() -> list[str]:
 
 def render() -> None:
     lines = tables()
-    lines += ["**Targets (issue 6)**", "", *target_lines(), ""]
-    meta = next((h.load(s) for s in ("ingest", "queries", "batch", "rebuild") if h.load(s)), None)
+    lines += ["**Targets (issues 6, 10, 11 and 13)**", "", *target_lines(), ""]
+    sections = ("ingest", "queries", "concurrency", "before", "batch", "rebuild")
+    meta = next((h.load(s) for s in sections if h.load(s)), None)
     if meta:
         m = meta["machine"]
         lines.insert(

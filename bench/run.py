@@ -15,9 +15,16 @@ Sections (each writes ``bench/results/<section>.json``):
   (``docs/metrics.png``; the board itself is ``docs/grafana-dashboard.json``).
 - batch: ``POST /events/batch`` with 100- and 1000-event batches.
 - generator: seconds for ``generate_events.py --count 1000000``.
-- queries: p50/p99 of each analytics query over HTTP on 1M (and 10M) events, and the
-  same answers by ``COUNT(*)`` on the log, so the rollup speed-up is measured.
-- rebuild: ``python -m app rebuild`` of all rollups from the largest database.
+- queries: p50/p99 of each analytics query over HTTP and in process on 1M (and 10M)
+  events — UTC days, local days and hours in Asia/Kathmandu, bounds inside 15-minute
+  buckets — and the same answers by ``COUNT(*)`` on the log (bench/queries.py).
+- concurrency: query throughput at 16 connections (whole-day and mixed rotations) as a
+  ratio of /healthz on the same server, and every answer under concurrency checked against
+  the same request sent alone (bench/concurrency.py).
+- before: ingest now against the code before the 15-minute rollup (BENCH_BEFORE, default
+  41fe856), side by side, and the rollup upsert's own cost in a group commit
+  (bench/before.py).
+- rebuild: ``python -m app rebuild`` of both rollups from the largest database.
 - export, erasure, retention, user_index: the data lifecycle (``bench/lifecycle.py``).
 - report: the table (stdout, ``bench/results/table.md``) and the PNG plots.
 
@@ -26,19 +33,18 @@ BENCH_REPEATS, BENCH_CONNECTIONS, BENCH_THREADS, BENCH_BATCH_SIZES,
 BENCH_BATCH_CONNECTIONS, BENCH_QUERY_SECONDS, BENCH_COST_VARIANTS (0 skips the
 services with the access log or the metrics off), BENCH_DB_DIR (where the ingest
 databases go; /dev/shm takes fsync out of the measurement), BENCH_ONLY,
-BENCH_GENERATOR_COUNT.
+BENCH_GENERATOR_COUNT, BENCH_BEFORE.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
+import resource
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -46,9 +52,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import before
+import concurrency
 import dashboard
 import harness as h
 import lifecycle
+import queries
 import report
 
 # The generated data: one calendar year, fixed seed, so every size is reproducible.
@@ -120,20 +129,23 @@ def bench_ingest(s: h.Settings) -> dict[str, Any]:
                             )
             rss[kind] = max(rss.get(kind, 0.0), server.peak_rss_mib or 0.0)
             if flags is not None:
-                stored, rolled = h.db_counts(db)
+                stored, rolled, quarters = h.rollup_sums(db)
                 check = {
                     "kind": kind,
                     "repeat": repeat,
                     "acknowledged": acknowledged,
                     "stored": stored,
                     "rollup_sum": rolled,
+                    "quarter_rollup_sum": quarters,
                     "lost": max(0, acknowledged - stored),
                     # requests in flight when wrk stopped are committed but never counted
                     "stored_unacknowledged": stored - acknowledged,
                     "in_flight_bound": in_flight_bound,
                 }
                 check["ok"] = (
-                    acknowledged <= stored <= acknowledged + in_flight_bound and rolled == stored
+                    acknowledged <= stored <= acknowledged + in_flight_bound
+                    and rolled == stored
+                    and quarters == stored
                 )
                 checks.append(check)
                 h.say(
@@ -352,14 +364,16 @@ def bench_batch(s: h.Settings) -> dict[str, Any]:
                     "runs": per_repeat,
                 }
             )
-    stored, rolled = h.db_counts(db)
+    stored, rolled, quarters = h.rollup_sums(db)
     check = {
         "acknowledged": acknowledged_events,
         "stored": stored,
         "rollup_sum": rolled,
+        "quarter_rollup_sum": quarters,
         "lost": max(0, acknowledged_events - stored),
         "ok": acknowledged_events <= stored <= acknowledged_events + in_flight_events
-        and rolled == stored,
+        and rolled == stored
+        and quarters == stored,
     }
     h.say(f"  check  batch acknowledged {acknowledged_events} stored {stored} rollup {rolled}")
     h.remove_db(db)
@@ -424,257 +438,81 @@ def bench_generator(s: h.Settings) -> dict[str, Any]:
     return meta
 
 
-# --- queries -----------------------------------------------------------------------------
-
-# (name, endpoint, parameters, log SQL, SQL arguments). The log SQL is the best the log
-# alone can do: every range goes through the (event_type, timestamp) covering index.
-_TYPES = "event_type IN ('view', 'click', 'location')"
-QUERIES: list[tuple[str, str, dict[str, str], str, tuple[Any, ...]]] = [
-    ("all time", "event-counts", {}, "SELECT COUNT(*) FROM events", ()),
-    (
-        "type filter",
-        "event-counts",
-        {"event_type": "click"},
-        "SELECT COUNT(*) FROM events WHERE event_type = ?",
-        ("click",),
-    ),
-    (
-        "30 days",
-        "event-counts",
-        {"start_date": "2025-06-01", "end_date": "2025-06-30"},
-        f"SELECT COUNT(*) FROM events WHERE {_TYPES} AND timestamp >= ? AND timestamp < ?",
-        ("2025-06-01T00:00:00.000000Z", "2025-07-01T00:00:00.000000Z"),
-    ),
-    (
-        "30 days, type",
-        "event-counts",
-        {"event_type": "view", "start_date": "2025-06-01", "end_date": "2025-06-30"},
-        "SELECT COUNT(*) FROM events WHERE event_type = ? AND timestamp >= ? AND timestamp < ?",
-        ("view", "2025-06-01T00:00:00.000000Z", "2025-07-01T00:00:00.000000Z"),
-    ),
-    (
-        "7 days",
-        "event-counts",
-        {"start_date": "2025-06-10", "end_date": "2025-06-16"},
-        f"SELECT COUNT(*) FROM events WHERE {_TYPES} AND timestamp >= ? AND timestamp < ?",
-        ("2025-06-10T00:00:00.000000Z", "2025-06-17T00:00:00.000000Z"),
-    ),
-    (
-        "1 day",
-        "event-counts",
-        {"start_date": "2025-06-15", "end_date": "2025-06-15"},
-        f"SELECT COUNT(*) FROM events WHERE {_TYPES} AND timestamp >= ? AND timestamp < ?",
-        ("2025-06-15T00:00:00.000000Z", "2025-06-16T00:00:00.000000Z"),
-    ),
-    (
-        "cut days (date-times)",
-        "event-counts",
-        {"start_date": "2025-06-10T09:30:00+02:00", "end_date": "2025-06-16T17:45:00Z"},
-        f"SELECT COUNT(*) FROM events WHERE {_TYPES} AND timestamp >= ? AND timestamp <= ?",
-        ("2025-06-10T07:30:00.000000Z", "2025-06-16T17:45:00.000000Z"),
-    ),
-    (
-        "by type, 30 days",
-        "event-counts-by-type",
-        {"start_date": "2025-06-01", "end_date": "2025-06-30"},
-        f"SELECT event_type, COUNT(*) FROM events WHERE {_TYPES} "
-        "AND timestamp >= ? AND timestamp < ? GROUP BY event_type",
-        ("2025-06-01T00:00:00.000000Z", "2025-07-01T00:00:00.000000Z"),
-    ),
-    (
-        "by day, 30 days",
-        "event-counts-by-day",
-        {"start_date": "2025-06-01", "end_date": "2025-06-30"},
-        f"SELECT substr(timestamp, 1, 10), event_type, COUNT(*) FROM events WHERE {_TYPES} "
-        "AND timestamp >= ? AND timestamp < ? GROUP BY 1, 2",
-        ("2025-06-01T00:00:00.000000Z", "2025-07-01T00:00:00.000000Z"),
-    ),
-]
-
-
-def _log_answer(endpoint: str, rows: list[tuple[Any, ...]]) -> Any:
-    """The log's rows shaped like the endpoint's JSON answer, for the equality check."""
-    if endpoint == "event-counts":
-        return {"total_events": rows[0][0]}
-    if endpoint == "event-counts-by-type":
-        return {t: n for t, n in rows if n}
-    days: dict[str, dict[str, int]] = {}
-    for day, event_type, n in rows:
-        days.setdefault(day, {})[event_type] = n
-    return days
-
-
-def _http_answer(endpoint: str, body: Any) -> Any:
-    if endpoint == "event-counts-by-day":
-        return {
-            d["date"]: {t: d[t] for t in ("view", "click", "location") if d[t]}
-            for d in body["days"]
-            if any(d[t] for t in ("view", "click", "location"))
-        }
-    return body
-
-
-def _time_sql(
-    conn: sqlite3.Connection, sql: str, args: tuple[Any, ...], budget_s: float
-) -> tuple[list[float], list[tuple[Any, ...]]]:
-    rows = conn.execute(sql, args).fetchall()  # warm the page cache once
-    times: list[float] = []
-    deadline = time.perf_counter() + budget_s
-    while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 200):
-        began = time.perf_counter()
-        rows = conn.execute(sql, args).fetchall()
-        times.append((time.perf_counter() - began) * 1000)
-    return times, rows
-
-
-def _time_store(db: Path, budget_s: float) -> dict[str, list[float]]:
-    """The service's own storage call for event-counts queries, in process (no HTTP):
-    the rollup plan's cost against COUNT(*) on the same connection settings."""
-    from multidict import MultiDict
-
-    from query.params import parse_query
-    from query.plan import plan_range
-    from schema.events import EVENT_TYPES
-    from schema.sqlite.store import SQLiteStore
-
-    async def run() -> dict[str, list[float]]:
-        store = SQLiteStore(db)
-        await store.open()
-        out: dict[str, list[float]] = {}
-        try:
-            for name, endpoint, params, _, _ in QUERIES:
-                if endpoint == "event-counts-by-day":
-                    continue
-                allowed = ("start_date", "end_date") + (
-                    ("event_type",) if endpoint == "event-counts" else ()
-                )
-                span, event_type, _ = parse_query(MultiDict(params), allowed)
-                types = (event_type,) if event_type else EVENT_TYPES
-                await store.count(plan_range(span), types)
-                times: list[float] = []
-                deadline = time.perf_counter() + budget_s
-                while len(times) < 20 or (time.perf_counter() < deadline and len(times) < 2000):
-                    began = time.perf_counter()
-                    await store.count(plan_range(span), types)
-                    times.append((time.perf_counter() - began) * 1000)
-                out[name] = times
-        finally:
-            await store.close()
-        return out
-
-    return asyncio.run(run())
-
-
-def bench_queries(s: h.Settings) -> dict[str, Any]:
-    sizes = []
-    for count in s.sizes:
-        db, meta = query_db(count)
-        events, rolled = h.db_counts(db)
-        size: dict[str, Any] = {
-            "events": events,
-            "rollup_sum": rolled,
-            "db_bytes": h.db_bytes(db),
-            "bytes_per_event": h.db_bytes(db) / max(events, 1),
-            "db_mib_per_million_events": h.db_bytes(db) / max(events, 1) / 1024 / 1024 * 1e6,
-            "generated_by": meta,
-            "queries": [],
-        }
-        with h.service(f"queries-{count}", db) as server:
-            http = {}
-            for name, endpoint, params, _, _ in QUERIES:
-                path = f"/analytics/{endpoint}"
-                if params:
-                    path += "?" + urllib.parse.urlencode(params)
-                with urllib.request.urlopen(server.url + path) as answer:
-                    body = json.loads(answer.read())
-                w = h.wrk(
-                    server.url + path, "get.lua", connections=1, threads=1, seconds=s.query_seconds
-                )
-                http[name] = (path, body, w)
-            size["server_peak_rss_mib"] = server.rss()
-        in_process = _time_store(db, budget_s=min(1.0, s.query_seconds))
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        conn.execute("PRAGMA cache_size = -32768")
-        for name, endpoint, _, sql, args in QUERIES:
-            path, body, w = http[name]
-            times, rows = _time_sql(conn, sql, args, budget_s=s.query_seconds)
-            count_p50 = h.median(times)
-            store_times = in_process.get(name)
-            q = {
-                "name": name,
-                "path": path,
-                "answer": body,
-                "equal_to_log": _http_answer(endpoint, body) == _log_answer(endpoint, rows),
-                "http_p50_ms": w["p50_ms"],
-                "http_p99_ms": w["p99_ms"],
-                "http_requests_per_s": w["rps"],
-                "http_non_2xx": w["non_2xx"],
-                "store_p50_ms": h.median(store_times) if store_times else None,
-                "store_p99_ms": h.percentile(store_times, 99) if store_times else None,
-                "count_sql": sql,
-                "count_p50_ms": count_p50,
-                "count_p99_ms": h.percentile(times, 99),
-                "count_runs": len(times),
-                "speedup_http": count_p50 / w["p50_ms"] if w["p50_ms"] else None,
-                "speedup_store": count_p50 / h.median(store_times) if store_times else None,
-            }
-            size["queries"].append(q)
-            h.say(
-                f"  query  {events:>10,} {name:<22} HTTP p50 {q['http_p50_ms']:6.2f} "
-                f"p99 {q['http_p99_ms']:6.2f} ms | store p50 "
-                f"{(q['store_p50_ms'] or float('nan')):7.3f} ms | COUNT(*) p50 "
-                f"{count_p50:8.2f} ms | equal {q['equal_to_log']}"
-            )
-        conn.close()
-        sizes.append(size)
-    return {"sizes": sizes}
-
-
 # --- rebuild -----------------------------------------------------------------------------
 
 
+def _app_json(*args: str) -> tuple[dict[str, Any], float, float]:
+    """``python -m app <args> --json``: its report, wall seconds and CPU seconds."""
+    argv = [h.PY, "-m", "app", *args, "--json"]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    began = time.perf_counter()
+    out = subprocess.run(argv, cwd=h.ROOT, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - began
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    return json.loads(out.stdout), wall, cpu
+
+
 def bench_rebuild(s: h.Settings) -> dict[str, Any]:
-    """Empty the rollup, then ``python -m app rebuild``; repeated (the first run may read a
-    cold page cache), every run checked: the rollup must equal the log afterwards."""
+    """Empty both rollups (daily and 15-minute), then ``python -m app rebuild``; repeated
+    (the first run may read a cold page cache), every run checked: each rollup's sum must
+    equal the log afterwards, and after the last run a dry-run reconcile must find every
+    day and every 15-minute bucket equal to the log."""
     count = max(s.sizes)
     db, _ = query_db(count)
     runs = []
     for repeat in range(max(1, s.repeats)):
         conn = sqlite3.connect(db, isolation_level=None)
-        conn.execute("DELETE FROM daily_event_counts")  # rebuild from nothing: every day
+        conn.execute("BEGIN IMMEDIATE")  # rebuild from nothing: every day, every bucket
+        conn.execute("DELETE FROM daily_event_counts")
+        conn.execute("DELETE FROM quarter_hour_event_counts")
+        conn.execute("COMMIT")
         conn.close()
-        argv = [h.PY, "-m", "app", "rebuild", "--db", str(db), "--json"]
-        began = time.perf_counter()
-        out = subprocess.run(argv, cwd=h.ROOT, capture_output=True, text=True, check=False)
-        wall = time.perf_counter() - began
-        if out.returncode != 0:
+        load = h.load_average()
+        try:
+            report_, wall, cpu = _app_json("rebuild", "--db", str(db))
+        except RuntimeError:
             db.with_suffix(".json").unlink(missing_ok=True)  # the cache is not to be trusted
-            raise RuntimeError(f"rebuild failed:\n{out.stdout}\n{out.stderr}")
-        report_ = json.loads(out.stdout)
-        events, rolled = h.db_counts(db)
+            raise
+        events, rolled, quarters = h.rollup_sums(db)
         run = {
             "wall_seconds": wall,
+            "cpu_seconds": cpu,
             "report_seconds": report_["ms"] / 1000,
             "longest_transaction_ms": report_["longest_transaction_ms"],
             "days_checked": report_["days_checked"],
             "days_changed": len(report_["days_changed"]),
             "events_counted": report_["events_counted"],
-            "rollup_equals_log": rolled == events,
+            "rollup_equals_log": rolled == events and quarters == events,
+            "load_average": load,
         }
         runs.append(run)
         h.say(
-            f"  rebuild {events:,} events #{repeat + 1}: {wall:.2f} s wall "
+            f"  rebuild {events:,} events #{repeat + 1}: {wall:.2f} s wall, {cpu:.2f} s CPU "
             f"({run['report_seconds']:.2f} s in the pass, {run['days_changed']} days written), "
             f"longest transaction {run['longest_transaction_ms']:.1f} ms, "
-            f"rollup == log: {rolled == events}"
+            f"daily == log: {rolled == events}, 15-minute == log: {quarters == events} "
+            f"| load {load}"
         )
+    check, check_wall, _ = _app_json("reconcile", "--db", str(db), "--dry-run")
+    h.say(
+        f"  reconcile --dry-run after the rebuilds: {check['days_checked']} days checked, "
+        f"{len(check['days_changed'])} differ ({check_wall:.1f} s)"
+    )
     return {
         "events": events,
         "command": f"python -m app rebuild --db bench/work/{db.name} --json",
         "wall_seconds": h.median([r["wall_seconds"] for r in runs]),
         "wall_seconds_all": [round(r["wall_seconds"], 2) for r in runs],
+        "cpu_seconds": h.median([r["cpu_seconds"] for r in runs]),
         "longest_transaction_ms": max(r["longest_transaction_ms"] for r in runs),
         "rollup_equals_log": all(r["rollup_equals_log"] for r in runs),
+        "reconcile_check": {
+            "days_checked": check["days_checked"],
+            "days_differing": len(check["days_changed"]),
+        },
         "runs": runs,
     }
 
@@ -684,7 +522,9 @@ SECTIONS = {
     "ingest": bench_ingest,
     "metrics": bench_metrics,
     "batch": bench_batch,
-    "queries": bench_queries,
+    "queries": lambda s: queries.bench_queries(s, query_db),
+    "concurrency": lambda s: concurrency.bench_concurrency(s, query_db),
+    "before": before.bench_before,
     "rebuild": bench_rebuild,
     **lifecycle.SECTIONS,  # export, erasure, retention, user_index (bench/lifecycle.py)
 }

@@ -98,6 +98,11 @@ def tables() -> list[str]:
             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for size in queries["sizes"]:
+            for w in size.get("healthz", []):
+                lines.append(
+                    f"| {size['events']:,} | `/healthz` (the floor: same server, same run) | "
+                    f"{w['p50_ms']:.2f} | {w['p99_ms']:.2f} | | | | | | |"
+                )
             for q in size["queries"]:
                 lines.append(
                     f"| {size['events']:,} | {q['name']} | {q['http_p50_ms']:.2f} | "
@@ -340,14 +345,22 @@ def targets() -> list[tuple[str, str, str, bool | None]]:
         for q in biggest["queries"]:  # issue 11: each query with targets of its own
             limit = q.get("targets", {}).get("p99_ms")
             if limit is not None:
-                worst_p99 = max(q["http_p99_ms"], q["in_process_p99_ms"])
+                floor = max((w["p99_ms"] for w in biggest.get("healthz", [])), default=None)
                 out.append(
                     (
-                        f"{q['name']}: p99 ≤ {limit:g} ms ({n})",
-                        f"HTTP {q['http_p99_ms']:.2f} ms, in process "
-                        f"{q['in_process_p99_ms']:.2f} ms",
+                        f"{q['name']}: p99 ≤ {limit:g} ms in process ({n})",
+                        f"{q['in_process_p99_ms']:.2f} ms (p50 {q['in_process_p50_ms']:.2f})",
                         "queries",
-                        worst_p99 <= limit,
+                        q["in_process_p99_ms"] <= limit,
+                    )
+                )
+                out.append(
+                    (
+                        f"{q['name']}: p99 ≤ {limit:g} ms over HTTP ({n})",
+                        f"{q['http_p99_ms']:.2f} ms (p50 {q['http_p50_ms']:.2f}; `/healthz` "
+                        f"p99 {_f(floor, '.2f')} ms)",
+                        "queries",
+                        q["http_p99_ms"] <= limit,
                     )
                 )
             speedup = q.get("targets", {}).get("speedup")

@@ -199,7 +199,7 @@ def append_micro(pairs: int, sizes: tuple[int, ...] = (32, 1000)) -> dict[str, A
         packed = st._pack_rows(rows)
         wall, cpu = time.perf_counter(), time.thread_time()
         conn.execute("BEGIN IMMEDIATE")
-        (last_seq,) = conn.execute(st.LAST_SEQ_SQL).fetchone()
+        last_seq, _ = conn.execute(st.LAST_SEQ_SQL).fetchone()  # (MAX(seq), seq_floor)
         conn.execute(st.INSERT_PACKED_EVENTS_SQL, (packed,))
         conn.execute(st.ADD_TO_DAILY_SQL, (last_seq,))
         if quarters:

@@ -47,7 +47,9 @@ $(VENV)/.bench: $(VENV)/.runtime bench/requirements.txt
 	$(PY) -m pip install --quiet -r bench/requirements.txt
 	touch $@
 
-## bench: the benchmark suite (a few minutes; BENCH_SIZES=1000000,10000000 for the 10M run, see bench/run.py)
-bench: $(VENV)/.bench
+## bench: the benchmark suite (a few minutes; BENCH_SIZES=1000000,10000000 for the 10M run, see bench/run.py),
+## then PostgreSQL against SQLite on a throwaway cluster (bench/postgres.py; BENCH_ONLY=postgres for it alone)
+bench: $(VENV)/.bench postgres
 	@scripts/ensure-wrk
 	$(PY) bench/run.py
+	$(PY) bench/postgres.py

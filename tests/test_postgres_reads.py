@@ -34,3 +34,22 @@ async def test_a_count_reuses_its_generic_plan(pg_database: str) -> None:
         assert (generic, custom) == (8, 0)
     finally:
         await store.close()
+
+
+async def test_a_read_is_one_round_trip(pg_database: str) -> None:
+    """A reader goes back to the pool without asyncpg's reset query (advisory unlock, CLOSE
+    ALL, UNLISTEN, RESET ALL: a second round trip per read, for session state that reads
+    never create). asyncpg still rolls back a transaction left open before any reset."""
+    store = PostgresStore(pg_database, readers=1)
+    await store.open()
+    try:
+        logged: list[str] = []
+        async with store._readers().acquire() as conn:
+            conn.add_query_logger(lambda query: logged.append(query.query))
+        plan = CountPlan(1, days=((0, "2025-05-01", "2025-05-02"),))
+        assert await store.count(plan, ["view"]) == {}  # the first also looks up types
+        logged.clear()
+        assert await store.count(plan, ["view"]) == {}
+        assert logged == [COUNT_PLAN_SQL]
+    finally:
+        await store.close()

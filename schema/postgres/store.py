@@ -421,6 +421,7 @@ class PostgresStore:
                 max_size=self.readers,
                 timeout=CONNECT_TIMEOUT_S,
                 server_settings=self._settings("reader", write=False),
+                reset=_keep_reader_session,
             )
         except BaseException:
             conn.terminate()
@@ -718,6 +719,13 @@ class _KeyVanishedError(Exception):
 
 
 # --- the functions that run on one connection ---------------------------------------
+
+
+async def _keep_reader_session(conn: asyncpg.Connection) -> None:
+    """A reader's release to the pool. asyncpg still rolls back an open transaction first;
+    its reset query (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL) is skipped: a second
+    round trip per read, for session state that reads never create (they take no session
+    advisory lock, LISTEN nor SET; their settings are the connection's startup ones)."""
 
 
 async def _find_keys(conn: asyncpg.Connection, keys: list[str]) -> dict[str, StoredKey]:

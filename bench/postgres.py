@@ -694,16 +694,18 @@ PARTS = {
 
 def bench_postgres(s: h.Settings) -> dict[str, Any]:
     """Every part in BENCH_PG_PARTS (default: all) on one cluster; the results file is
-    written after each part, so an interrupted run keeps what it measured."""
+    written after each part, so an interrupted run keeps what it measured. Parts not run
+    keep their previous results (each part records its own date and commit)."""
     parts = h.env_list("BENCH_PG_PARTS", ",".join(PARTS))
     began = time.perf_counter()
-    out: dict[str, Any] = {}
+    previous = h.load("postgres") or {}
+    out: dict[str, Any] = {k: previous[k] for k in PARTS if k in previous and k not in parts}
     with postgres_cluster(dbname="bench") as pg:
         out["postgres"] = {"version": pg_version(pg), "settings": pg_settings(pg)}
         h.say(f"  PostgreSQL {out['postgres']['version']} on 127.0.0.1:{pg.port}, {pg.base}")
         for name, part in PARTS.items():
             if name in parts:
-                out[name] = part(s, pg)
+                out[name] = {"date": h.stamp(), "commit": h.git_commit(), **part(s, pg)}
                 out["section_seconds"] = time.perf_counter() - began
                 h.save("postgres", out, s)
     return out

@@ -138,6 +138,12 @@ def partitions(db: Database) -> set[str]:
     return {name for (name,) in db.execute(sql)}
 
 
+def month_tables(db: Database) -> set[str]:
+    """Every table named after a month of the log, attached or not."""
+    sql = "SELECT relname FROM pg_class WHERE relkind = 'r' AND relname ~ 'events_[0-9]{4}_'"
+    return {name for (name,) in db.execute(sql)}
+
+
 async def test_retention_drops_whole_months_and_deletes_rows_of_the_rest(
     client: TestClient, db: Database
 ) -> None:
@@ -157,6 +163,9 @@ async def test_retention_drops_whole_months_and_deletes_rows_of_the_rest(
     assert report.horizon == "2025-05-03T00:00:00.000000Z"
     names = partitions(db)
     assert "events_2025_03" not in names and "events_2025_04" not in names
+    # detached, then dropped after each step's commit: no table keeps the expired rows
+    assert not {"events_2025_03", "events_2025_04"} & month_tables(db)
+    assert not {n for n in month_tables(db) if n.startswith("expired_")}
     assert "events_2025_05" in names and "events_default" in names
     assert db.execute("SELECT MIN(timestamp) FROM events").fetchone() == (
         "2025-05-03T00:00:00.000000Z",
@@ -177,6 +186,22 @@ async def test_retention_drops_whole_months_and_deletes_rows_of_the_rest(
     # a later append to a dropped month recreates its partition
     await append(client, [event("late", "view", "2025-04-15T00:00:00.000000Z")])
     assert "events_2025_04" in partitions(db)
+
+
+async def test_a_detached_month_a_stopped_pass_left_is_dropped_by_the_next_step(
+    client: TestClient, db: Database
+) -> None:
+    """A pass stopped between a step's commit and the drop of the month it detached
+    leaves an ``expired_…`` table: the next step drops it."""
+    await append(client, spread(["a"], range(1, 31), "2025-03") + spread(["a"], [1, 2], "2025-04"))
+    db.execute("ALTER TABLE events DETACH PARTITION events_2025_03")
+    db.execute("ALTER TABLE events_2025_03 RENAME TO expired_events_2025_03")
+    assert "expired_events_2025_03" in month_tables(db)
+
+    report = await client.server.app[RUNNER].expire(date(2025, 4, 2))
+
+    assert report.events_deleted == 6  # April 1 (March had left the log already)
+    assert "expired_events_2025_03" not in month_tables(db)
 
 
 async def test_a_month_too_busy_to_drop_is_emptied_row_by_row(

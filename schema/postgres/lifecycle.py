@@ -17,8 +17,9 @@ miss one that committed late: no counter row that every group commit would updat
 events from both rollups, locking only the rollup rows of the keys it changes (in key
 order, as writers do) and rewriting each such key into one of its slots.
 
-**Retention** drops a whole monthly partition where the month ends by the cut-off, and
-deletes rows in ``(timestamp, event_id)`` order otherwise, raising the horizon first.
+**Retention** detaches a whole monthly partition where the month ends by the cut-off
+(dropping it after the step commits), and deletes rows in ``(timestamp, event_id)``
+order otherwise, raising the horizon first.
 """
 
 from __future__ import annotations
@@ -240,11 +241,17 @@ async def erase_step(
 ) -> LifecycleStep:
     """The user's next ``limit`` events at positions in ``(resume, upto]`` leave the log
     and both rollups, with the audit update, in one READ COMMITTED transaction.
-    ``held_ms`` is the whole transaction."""
+    ``held_ms`` is the whole transaction.
+
+    The step's end is read before the transaction: nothing can add an event of the user
+    below ``upto`` (a settled position) and passes run one at a time, so the range holds
+    the same events inside it (fewer only if retention took some: the counts come from
+    the rows deleted). On a new connection that read also pays the first planning of the
+    log's partitions, which would otherwise hold the first step's locks."""
+    end = await conn.fetchval(STEP_END_SQL, user_id, resume, upto, limit)
     async with conn.transaction():
         began = time.perf_counter()
         await conn.execute(SANCTION_SQL, "erasure")
-        end = await conn.fetchval(STEP_END_SQL, user_id, resume, upto, limit)
         until = upto if end is None else end
         days: Counter[tuple[str, str]] = Counter()
         quarters: Counter[tuple[int, str]] = Counter()
@@ -273,15 +280,26 @@ WHERE i.inhparent = 'events'::regclass AND c.relname ~ '^events_[0-9]{4}_[0-9]{2
 ORDER BY 1
 """
 _MONTH_PARTITION = re.compile(r"events_([0-9]{4})_([0-9]{2})", re.ASCII)
-# A whole month before the cut-off goes as one partition: no insert may reach it while
-# it is counted (SHARE), then DROP takes ACCESS EXCLUSIVE on the log for a moment. Both
-# wait at most DROP_LOCK_TIMEOUT (readers and writers queue behind a waiting DROP);
-# otherwise the step deletes rows instead.
+# A whole month before the cut-off leaves the log as one partition: no insert may reach
+# it while it is counted (SHARE), then DETACH takes ACCESS EXCLUSIVE on the log until the
+# step commits. Both wait at most DROP_LOCK_TIMEOUT (readers and writers queue behind a
+# waiting DETACH); otherwise the step deletes rows instead. The detached table is renamed
+# "expired_…" and dropped after the commit, in a transaction of its own: deleting a
+# month's files at commit takes ~100 ms on a 10M-event log (measured), which would hold
+# every reader and writer of the log if the step dropped the partition itself. A table a
+# stopped pass left behind is dropped by the next step.
 DROP_LOCK_TIMEOUT = "100ms"
 SET_LOCK_TIMEOUT_SQL = "SELECT set_config('lock_timeout', $1, true)"
 LOCK_PARTITION_SQL = 'LOCK TABLE "{name}" IN SHARE MODE'
 PARTITION_SPAN_SQL = 'SELECT COUNT(*), MAX(seq) FROM "{name}"'
-DROP_PARTITION_SQL = 'DROP TABLE "{name}"'
+DETACH_PARTITION_SQL = 'ALTER TABLE events DETACH PARTITION "{name}"'
+RENAME_DETACHED_SQL = 'ALTER TABLE "{name}" RENAME TO "{expired}"'
+EXPIRED_TABLES_SQL = """
+SELECT relname FROM pg_class WHERE relkind = 'r' AND relname ~ '^expired_events_[0-9]{4}_[0-9]{2}$'
+    AND relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'events'::regclass)
+ORDER BY 1
+"""
+DROP_EXPIRED_SQL = 'DROP TABLE IF EXISTS "{name}"'
 # Otherwise rows, oldest first: the key of the ``limit``-th oldest (None: fewer are
 # left), then every row up to it (the primary key's order, so ties of a timestamp
 # split cleanly).
@@ -322,8 +340,9 @@ async def expire_step(
     """Raise the horizon to ``before``, then drop the oldest month partition that ends
     by it, or delete up to ``limit`` rows before it, with the audit update, in one
     transaction; returns the step and the month whose partition it dropped (if any).
-    ``lock_timeout`` is the connection's own, restored after the drop's shorter one."""
+    ``lock_timeout`` is the connection's own, restored after the detach's shorter one."""
     cut = date.fromisoformat(before[:10])
+    await _drop_expired(conn)  # a month a stopped pass detached but did not drop
     async with conn.transaction():
         began = time.perf_counter()
         await conn.execute(SANCTION_SQL, "retention")
@@ -332,7 +351,7 @@ async def expire_step(
         for (name,) in await conn.fetch(MONTH_PARTITIONS_SQL):
             month = _month_of(name)
             if month is not None and _after(month) <= cut:
-                span = await _drop_partition(conn, name, lock_timeout)
+                span = await _detach_partition(conn, name, lock_timeout)
                 if span is not None:
                     dropped, (deleted, top) = month, span
                 break  # one partition per step (the oldest); rows if it is busy
@@ -345,27 +364,43 @@ async def expire_step(
         done = not await conn.fetchval(ANY_BEFORE_SQL, before)
         audit_id = await _audit(conn, audit, deleted, done)
     held_ms = (time.perf_counter() - began) * 1000
+    if dropped is not None:
+        await _drop_expired(conn)
     return LifecycleStep(deleted, done, audit_id, held_ms=held_ms), dropped
 
 
-async def _drop_partition(
+async def _detach_partition(
     conn: asyncpg.Connection, name: str, lock_timeout: str
 ) -> tuple[int, int | None] | None:
-    """Count a month partition's rows and drop it, in a savepoint of the caller's
-    transaction: ``(rows, highest seq)``, or None when its locks were not granted in
-    time (nothing changed)."""
+    """Count a month partition's rows, detach it from the log and rename it
+    ``expired_<name>``, in a savepoint of the caller's transaction: ``(rows, highest
+    seq)``, or None when its locks were not granted in time (nothing changed)."""
     try:
         async with conn.transaction():  # a savepoint: a lock timeout undoes only this
             await conn.execute(SET_LOCK_TIMEOUT_SQL, DROP_LOCK_TIMEOUT)
             await conn.execute(LOCK_PARTITION_SQL.format(name=name))
             count, top = await conn.fetchrow(PARTITION_SPAN_SQL.format(name=name))
-            await conn.execute(DROP_PARTITION_SQL.format(name=name))
+            await conn.execute(DETACH_PARTITION_SQL.format(name=name))
+            await conn.execute(RENAME_DETACHED_SQL.format(name=name, expired=f"expired_{name}"))
             await conn.execute(SET_LOCK_TIMEOUT_SQL, lock_timeout)
     except asyncpg.LockNotAvailableError:
         log.info("retention: partition %s is busy; deleting its rows instead", name)
         return None
-    log.info("retention: dropped partition %s (%d events)", name, count)
+    log.info("retention: detached partition %s (%d events)", name, count)
     return int(count), top
+
+
+async def _drop_expired(conn: asyncpg.Connection) -> None:
+    """Drop the month tables retention detached from the log (outside any transaction of
+    the log: their files go at this commit). One that cannot be dropped now stays for
+    the next step; it is no longer part of the log."""
+    for (name,) in await conn.fetch(EXPIRED_TABLES_SQL):
+        try:
+            await conn.execute(DROP_EXPIRED_SQL.format(name=name))
+        except asyncpg.PostgresError as exc:
+            log.warning("retention: could not drop the detached table %s yet: %s", name, exc)
+            continue
+        log.info("retention: dropped the detached table %s", name)
 
 
 def horizon_of_micros(micros: int) -> str:

@@ -48,8 +48,10 @@ $(VENV)/.bench: $(VENV)/.runtime bench/requirements.txt
 	touch $@
 
 ## bench: the benchmark suite (a few minutes; BENCH_SIZES=1000000,10000000 for the 10M run, see bench/run.py),
-## then PostgreSQL against SQLite on a throwaway cluster (bench/postgres.py; BENCH_ONLY=postgres for it alone)
+## then PostgreSQL against SQLite (bench/postgres.py) and the data lifecycle (bench/lifecycle_postgres.py, at most
+## 30 minutes) on throwaway PostgreSQL clusters; BENCH_ONLY=postgres or BENCH_ONLY=lifecycle_postgres for one alone
 bench: $(VENV)/.bench postgres
 	@scripts/ensure-wrk
 	$(PY) bench/run.py
 	$(PY) bench/postgres.py
+	timeout -k 60 1800 $(PY) bench/lifecycle_postgres.py

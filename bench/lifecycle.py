@@ -85,8 +85,9 @@ def _vm_rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def _one_export(server: h.Server, fmt: str) -> dict[str, Any]:
-    """Stream one whole export, discarding it; RSS sampled meanwhile."""
+def _one_export(server: h.Server, fmt: str, query: str = "") -> dict[str, Any]:
+    """Stream one export (the whole log, or the ``&``-joined ``query`` parameters'
+    events), discarding it; RSS sampled meanwhile."""
     pid = server.proc.pid
     before = _vm_rss_mib(pid)
     samples = [before]
@@ -100,7 +101,8 @@ def _one_export(server: h.Server, fmt: str) -> dict[str, Any]:
     sampler = threading.Thread(target=sample)
     sampler.start()
     request = urllib.request.Request(
-        f"{server.url}/admin/export?format={fmt}", headers={"Authorization": f"Bearer {TOKEN}"}
+        f"{server.url}/admin/export?format={fmt}{query}",
+        headers={"Authorization": f"Bearer {TOKEN}"},
     )
     lines = size = 0
     began = time.perf_counter()

@@ -248,3 +248,49 @@ async def test_erasure_and_retention_keep_both_rollups_exact_across_slots(
     assert {n for _, n in rows} == {1}
     store = client.server.app[STORE]
     assert not (await store.recount_day("2025-05-02", repair=False)).differs
+
+
+# --- review: lock order of erasure against a writer of another instance ----------------
+
+
+async def test_erasure_and_a_writer_of_the_same_keys_never_deadlock(
+    client: TestClient, db: Database, early_writer: asyncpg.Connection, config: Config
+) -> None:
+    """The writer's APPEND_SQL upserts the 15-minute rollup (the main statement) before
+    the daily one (a CTE the main statement does not read: PostgreSQL runs it to
+    completion after the main statement). An erasure step that locks the daily rows
+    first, then the 15-minute rows, can therefore hold a daily row a writer waits for
+    while waiting for a 15-minute row that writer holds."""
+    gone_1 = event("gone", "view", "2025-05-01T10:00:00.000000Z")  # bucket B1
+    gone_2 = event("gone", "view", "2025-05-01T10:15:00.000000Z")  # bucket B2
+    await append(client, [gone_1, gone_2])  # this instance's slot
+    # the other instance's slot rows of (May 1, view) and (B2, view) exist
+    first = await open_append(early_writer, [event("x", "view", "2025-05-01T10:16:00.000000Z")])
+    await first.commit()
+    blocker = await asyncpg.connect(config.db)
+    try:
+        # Hold every slot row of (B1, view) so the erasure stops between its two tables.
+        await blocker.execute("BEGIN")
+        await blocker.execute(
+            "SELECT 1 FROM quarter_hour_event_counts WHERE bucket = "
+            "extract(epoch FROM timestamptz '2025-05-01 10:00Z')::bigint FOR UPDATE"
+        )
+        erasing = asyncio.ensure_future(
+            client.post("/admin/erasures", json={"user_id": "gone"}, headers=AUTH)
+        )
+        await asyncio.sleep(0.5)  # the erasure holds the daily rows, waits for B1
+        writing = asyncio.ensure_future(
+            open_append(early_writer, [event("y", "view", "2025-05-01T10:20:00.000000Z")])
+        )
+        await asyncio.sleep(0.5)  # the writer holds (B2, view, 15), waits for the daily row
+        await blocker.execute("ROLLBACK")
+        try:
+            transaction = await asyncio.wait_for(writing, 10)
+        except asyncpg.DeadlockDetectedError:
+            pytest.fail("a writer's group commit was aborted as a deadlock victim")
+        await transaction.commit()
+        resp = await asyncio.wait_for(erasing, 10)
+        assert (await resp.json())["events_deleted"] == 2
+    finally:
+        await blocker.close()
+    assert_exact(db)

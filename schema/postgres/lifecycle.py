@@ -260,8 +260,10 @@ async def erase_step(
             quarters[(bucket, event_type)] += n
         deleted = sum(days.values())
         if deleted:
-            await DAILY.subtract(conn, days)  # daily first, then quarters: as writers do
+            # quarters first, then daily: as writers do (APPEND_SQL's main statement
+            # upserts the 15-minute rows; its `daily` CTE runs after it)
             await QUARTERS.subtract(conn, quarters)
+            await DAILY.subtract(conn, days)
         done = end is None
         audit_id = await _audit(conn, audit, deleted, done)
     held_ms = (time.perf_counter() - began) * 1000

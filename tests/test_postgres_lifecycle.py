@@ -204,6 +204,39 @@ async def test_a_detached_month_a_stopped_pass_left_is_dropped_by_the_next_step(
     assert "expired_events_2025_03" not in month_tables(db)
 
 
+async def test_a_month_whose_expired_name_is_still_taken_is_emptied_row_by_row(
+    make_client, config: Config
+) -> None:
+    """An ``expired_events_2025_03`` a backup still holds cannot be dropped, and an old
+    event has recreated ``events_2025_03`` meanwhile (found by review: the detach's rename
+    failed with a duplicate name and every retention pass with it): the step deletes
+    the month's rows instead, and the pass completes."""
+    client = await make_client(busy_timeout_ms=200)
+    db = connect(config.db)
+    try:
+        await append(client, spread(["a"], range(1, 31), "2025-03") + spread(["a"], [1], "2025-04"))
+        db.execute("ALTER TABLE events DETACH PARTITION events_2025_03")
+        db.execute("ALTER TABLE events_2025_03 RENAME TO expired_events_2025_03")
+        db.execute(
+            "CREATE TABLE events_2025_03 PARTITION OF events FOR VALUES "
+            "FROM ('2025-03-01T00:00:00Z') TO ('2025-04-01T00:00:00Z')"
+        )
+        await append(client, [event("late", "view", "2025-03-15T00:00:00.000000Z")])
+        backup = await asyncpg.connect(config.db)
+        try:
+            async with backup.transaction():  # pg_dump's lock on the table it copies
+                await backup.execute("LOCK TABLE expired_events_2025_03 IN ACCESS SHARE MODE")
+                report = await client.server.app[RUNNER].expire(date(2025, 4, 1))
+        finally:
+            await backup.close()
+        assert report.completed and report.events_deleted == 1
+        assert (
+            db.execute("SELECT user_id FROM events WHERE timestamp < '2025-04-01'").fetchall() == []
+        )
+    finally:
+        db.close()
+
+
 async def test_a_month_too_busy_to_drop_is_emptied_row_by_row(
     client: TestClient, db: Database, config: Config
 ) -> None:
@@ -294,3 +327,57 @@ async def test_erasure_and_a_writer_of_the_same_keys_never_deadlock(
     finally:
         await blocker.close()
     assert_exact(db)
+
+
+# --- a database moved to another server ---------------------------------------------------
+
+
+async def test_positions_continue_above_rows_restored_from_a_server_with_more_transactions(
+    make_client, config: Config
+) -> None:
+    """pg_dump/pg_restore (or logical replication) into a new server keeps each row's
+    position but not the transaction-id counter it came from (found by review: an erasure
+    then answered ``events_deleted: 0`` and left the events, an export left them out).
+    Simulated: rows as a restore's COPY writes them, with positions of ids a million ahead;
+    the next start raises the offset, and erasure and export see every event."""
+    first = await make_client()
+    await first.close()
+    conn = await asyncpg.connect(config.db)
+    try:
+        await conn.execute(
+            """
+            INSERT INTO events (seq, event_id, user_id, event_type, timestamp, payload)
+            VALUES ((pg_current_xact_id()::text::bigint + 1000000) * 65536 + 1,
+                    gen_random_uuid(), 'restored', 'view', '2025-05-01T10:00:00Z', '{"url": "/"}'),
+                   ((pg_current_xact_id()::text::bigint + 1000000) * 65536 + 2,
+                    gen_random_uuid(), 'kept', 'view', '2025-05-01T10:00:00Z', '{"url": "/"}');
+            INSERT INTO daily_event_counts VALUES ('2025-05-01', 'view', 0, 2);
+            INSERT INTO quarter_hour_event_counts
+            VALUES (extract(epoch FROM timestamptz '2025-05-01T10:00:00Z')::bigint, 'view', 0, 2);
+            """
+        )
+    finally:
+        await conn.close()
+    client = await make_client()  # the start after the restore
+    await append(
+        client,
+        [
+            event("restored", "view", "2025-05-01T11:00:00.000000Z"),
+            event("new", "view", "2025-05-01T11:00:00.000000Z"),
+        ],
+    )
+    db = connect(config.db)
+    try:
+        order = db.execute("SELECT user_id FROM events ORDER BY seq").fetchall()
+        assert [u for (u,) in order[:2]] == ["restored", "kept"]  # new events numbered above
+        response = await client.get("/admin/export", headers=AUTH)
+        lines = [orjson.loads(line) for line in (await response.read()).splitlines()]
+        exported = [line["user_id"] for line in lines if "user_id" in line]
+        assert exported == [u for (u,) in order]  # every event, in log order
+        erased = await client.post("/admin/erasures", json={"user_id": "restored"}, headers=AUTH)
+        assert erased.status == 200 and (await erased.json())["events_deleted"] == 2
+        left = db.execute("SELECT user_id FROM events ORDER BY seq").fetchall()
+        assert left == [("kept",), ("new",)]
+        assert_exact(db)
+    finally:
+        db.close()

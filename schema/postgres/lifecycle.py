@@ -54,8 +54,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # --- positions ----------------------------------------------------------------------------
 
 SNAPSHOT_SQL = """
-SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint
-FROM pg_current_snapshot() AS s
+SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint, xid_offset
+FROM pg_current_snapshot() AS s, log_state
 """
 SETTLE_FIRST_PAUSE_S, SETTLE_MOST_PAUSE_S = 0.001, 0.05
 
@@ -387,6 +387,9 @@ async def _detach_partition(
             await conn.execute(SET_LOCK_TIMEOUT_SQL, lock_timeout)
     except asyncpg.LockNotAvailableError:
         log.info("retention: partition %s is busy; deleting its rows instead", name)
+        return None
+    except asyncpg.DuplicateTableError:  # expired_<name> from an earlier detach not dropped yet
+        log.warning("retention: expired_%s is still there; deleting %s's rows instead", name, name)
         return None
     log.info("retention: detached partition %s (%d events)", name, count)
     return int(count), top

@@ -17,6 +17,7 @@ from pathlib import Path
 import asyncpg
 
 from schema.postgres import locks
+from schema.postgres.lifecycle import POSITIONS_PER_TRANSACTION
 from schema.storage import SchemaTooNewError
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,38 @@ async def migrate(conn: asyncpg.Connection, description: str = "the database") -
                 await conn.execute(script)  # no arguments: the simple protocol, many statements
                 await conn.execute(RECORD_VERSION_SQL, number, file.name)
             log.info("applied migration %s", file.name)
+        await align_positions(conn)
         return await conn.fetchval(CURRENT_VERSION_SQL)
     finally:
         # A broken connection has released the lock already; its error is the one to see.
         with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
             await conn.execute("SELECT pg_advisory_unlock($1, $2)", locks.NAMESPACE, locks.MIGRATE)
+
+
+# The smallest offset that puts every position a transaction can take from now on
+# ((xid + offset) × 65,536 + ordinal, xid >= the snapshot's xmax) above the log's highest;
+# written only when it must rise (a start that changes nothing writes nothing).
+ALIGN_POSITIONS_SQL = f"""
+UPDATE log_state SET xid_offset = needed.least
+FROM (
+    SELECT (SELECT coalesce(max(seq), 0) FROM events) / {POSITIONS_PER_TRANSACTION} + 1
+        - pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS least
+) AS needed
+WHERE log_state.xid_offset < needed.least
+RETURNING xid_offset
+"""
+
+
+async def align_positions(conn: asyncpg.Connection) -> int:
+    """Raise ``log_state.xid_offset`` so that new events are numbered above every stored
+    one (needed after the database moved to a server whose transaction ids are smaller:
+    migration 0003); returns the offset. Runs under the migration lock, before serving."""
+    raised = await conn.fetchval(ALIGN_POSITIONS_SQL)
+    if raised is not None:
+        log.warning(
+            "the log holds positions above this server's transaction ids (a restore from "
+            "another server?): new positions continue above them (offset %d)",
+            raised,
+        )
+        return raised
+    return await conn.fetchval("SELECT xid_offset FROM log_state")

@@ -85,7 +85,8 @@ FIND_KEYS_SQL = "SELECT key, request_hash, response FROM idempotency_keys WHERE 
 APPEND_SQL = f"""
 WITH appended AS (
     INSERT INTO events (seq, event_id, user_id, event_type, timestamp, payload)
-    SELECT (SELECT pg_current_xact_id()::text::bigint * {POSITIONS_PER_TRANSACTION}) + ordinal,
+    SELECT (SELECT (pg_current_xact_id()::text::bigint + xid_offset) * {POSITIONS_PER_TRANSACTION}
+            FROM log_state) + ordinal,
         event_id, user_id, event_type, ts::timestamptz, payload
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::json[])
         WITH ORDINALITY AS r(event_id, user_id, event_type, ts, payload, ordinal)
@@ -636,11 +637,15 @@ class PostgresStore:
         """Waits (up to the busy timeout) for the transactions in progress to end: see
         ``lifecycle.settled_position``."""
 
+        offset = 0
+
         async def snapshot() -> tuple[int, int]:
-            xmin, xmax = (await self._fetch(lifecycle.SNAPSHOT_SQL))[0]
+            nonlocal offset
+            xmin, xmax, offset = (await self._fetch(lifecycle.SNAPSHOT_SQL))[0]
             return xmin, xmax
 
-        return await lifecycle.settled_position(snapshot, self.busy_timeout_ms / 1000)
+        settled = await lifecycle.settled_position(snapshot, self.busy_timeout_ms / 1000)
+        return settled + offset * POSITIONS_PER_TRANSACTION  # migration 0003
 
     @_translated
     async def export_page(self, spec: ExportFilter, after: int, limit: int) -> ExportPage:

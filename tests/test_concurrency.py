@@ -227,3 +227,30 @@ async def test_one_idempotency_key_sent_to_two_processes_at_once_stores_one_even
         assert conn.execute("SELECT SUM(count) FROM daily_event_counts").fetchone()[0] == 5
     finally:
         conn.close()
+
+
+@pytest.mark.sqlite_only("the answer cache of the SQLite store")
+async def test_an_answer_is_never_served_after_any_connection_changed_the_database(
+    client: TestClient, db: Database
+) -> None:
+    """Repeated questions are answered from memory until the database changes: a commit
+    by the service's writer, or by any other connection or process (here a plain
+    ``sqlite3`` connection, as a CLI ``rebuild`` in another process would be), is seen by
+    the very next answer."""
+    await append(client, [row("view", "2025-05-01T10:00:00.000000Z")])
+    params = {"start_date": "2025-05-01", "end_date": "2025-05-01"}
+
+    async def total() -> int:
+        response = await client.get("/analytics/event-counts", params=params)
+        assert response.status == 200
+        return (await response.json())["total_events"]
+
+    assert [await total() for _ in range(3)] == [1, 1, 1]
+    db.execute("UPDATE daily_event_counts SET count = 41 WHERE day = '2025-05-01'")
+    assert await total() == 41  # another connection's commit
+    db.execute("UPDATE daily_event_counts SET count = 1 WHERE day = '2025-05-01'")
+    assert await total() == 1
+    await append(client, [row("click", "2025-05-01T11:00:00.000000Z")])
+    assert await total() == 2  # the writer's commit
+    answers = await asyncio.gather(*(total() for _ in range(50)))
+    assert set(answers) == {2}

@@ -30,7 +30,7 @@ class AnswerCache:
     database version at a time.
     Use from one thread (the event loop's); ``close()`` when the store closes."""
 
-    def __init__(self, path: str, busy_timeout_ms: int = 50):
+    def __init__(self, path: str, busy_timeout_ms: int = 0):  # never wait on the loop
         self._conn = sqlite3.connect(path, isolation_level=None)
         self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         self._conn.execute("PRAGMA query_only = ON")

@@ -160,6 +160,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_format", "text", _log_format, "log lines as text or json (one object per line)"),
     Setting("access_log", True, _bool, "log one line per request"),
     Setting("metrics", True, _bool, "count and time requests and commits for GET /metrics"),
+    Setting(
+        "answer_cache",
+        True,
+        _bool,
+        "SQLite: answer a repeated question from memory until the next commit",
+    ),
 )
 
 
@@ -183,6 +189,7 @@ class Config:
     log_format: str = "text"
     access_log: bool = True
     metrics: bool = True
+    answer_cache: bool = True
 
     def __post_init__(self) -> None:
         if self.synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:

@@ -89,6 +89,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         synchronous=config.synchronous,
         busy_timeout_ms=config.busy_timeout_ms,
         readers=config.read_connections,
+        answer_cache=config.answer_cache,
     )
     await store.open()  # migrates first
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -129,6 +130,8 @@ def bench_concurrency(s: h.Settings, query_db: Callable[[int], tuple[Path, Any]]
     runs: list[dict[str, Any]] = []
     rotations = {name: _rotation(name, paths) for name, paths in KINDS}
     flags = ["--access-log", "true", "--metrics", "true"]  # the default configuration
+    # BENCH_ANSWER_CACHE=false: the same without the answer cache (the README's A/B)
+    flags += ["--answer-cache", os.environ.get("BENCH_ANSWER_CACHE", "true")]
     with h.service("concurrency", db, extra=flags) as server:
         for name, _ in KINDS:  # warm every path's pages and code once
             h.wrk(server.url, "get_rotate.lua", connections=CONNECTIONS, threads=s.threads,

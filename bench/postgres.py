@@ -395,7 +395,7 @@ def time_in_process(
     async def run() -> dict[tuple[str, str], list[list[float]]]:
         apps = {}
         for backend, db in dbs.items():
-            store = open_storage(db)
+            store = open_storage(db, answer_cache=False)  # the query path, not memory
             await store.open()
             apps[backend] = web.Application()
             apps[backend][STORE] = store
@@ -461,7 +461,7 @@ def bench_queries(s: h.Settings, pg: PostgresCluster) -> dict[str, Any]:
     floors: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
     bodies: dict[tuple[str, str], Any] = {}
     with (
-        h.service("pg-queries-sqlite", sqlite_db) as on_sqlite,
+        h.service("pg-queries-sqlite", sqlite_db, extra=["--answer-cache", "false"]) as on_sqlite,
         h.service("pg-queries-pg", url) as on_pg,  # type: ignore[arg-type]
     ):
         servers = {"sqlite": on_sqlite, "postgres": on_pg}

@@ -259,7 +259,7 @@ def time_in_process(
     }
 
     async def run() -> tuple[dict[str, list[list[float]]], dict[str, list[list[float]]]]:
-        store = SQLiteStore(db)
+        store = SQLiteStore(db, answer_cache=False)  # time the query path, not memory
         await store.open()
         app = web.Application()
         app[STORE] = store
@@ -323,7 +323,7 @@ def bench_queries(s: h.Settings, query_db: Callable[[int], tuple[Path, Any]]) ->
             "load_average_at_start": h.load_average(),
             "queries": [],
         }
-        with h.service(f"queries-{count}", db) as server:
+        with h.service(f"queries-{count}", db, extra=["--answer-cache", "false"]) as server:
             bodies = {}
             for q in QUERIES:
                 with urllib.request.urlopen(server.url + q.path) as answer:

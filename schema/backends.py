@@ -34,13 +34,23 @@ def describe(db: str) -> str:
 
 
 def open_storage(
-    db: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000, readers: int = 4
+    db: str,
+    *,
+    synchronous: str = "FULL",
+    busy_timeout_ms: int = 5000,
+    readers: int = 4,
+    answer_cache: bool = True,
 ) -> Storage:
-    """The (not yet opened) store for ``db``: a file path or a ``postgresql://`` URL."""
+    """The (not yet opened) store for ``db``: a file path or a ``postgresql://`` URL.
+    ``answer_cache`` is SQLite's (schema/sqlite/answers.py); PostgreSQL has none."""
     match = _SCHEME.match(db)
     if match is None:
         return SQLiteStore(
-            db, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms, readers=readers
+            db,
+            synchronous=synchronous,
+            busy_timeout_ms=busy_timeout_ms,
+            readers=readers,
+            answer_cache=answer_cache,
         )
     scheme = match.group(1).lower()
     if scheme in POSTGRES_SCHEMES:

@@ -518,8 +518,10 @@ class SQLiteStore:
         synchronous: str = "FULL",
         busy_timeout_ms: int = 5000,
         readers: int = 4,
+        answer_cache: bool = True,
     ):
         self.path = str(path)
+        self.answer_cache = answer_cache
         self.description = self.path
         self.synchronous = synchronous.upper()
         self.busy_timeout_ms = busy_timeout_ms
@@ -542,7 +544,7 @@ class SQLiteStore:
         self._readers = await _ReadPool.open(
             self.path, self.readers, [*pragmas, "PRAGMA query_only = ON"]
         )
-        self._answers = AnswerCache(self.path)
+        self._answers = AnswerCache(self.path) if self.answer_cache else None
         if await self._lane(self._writer).run(_revoke_stray_permit):
             log.warning(
                 "a lifecycle permit row was committed by someone else (the log accepted "

@@ -121,6 +121,37 @@ class DayRecount:
         return self.counted != self.stored or self.quarters_differing > 0
 
 
+@dataclass
+class DayLook:
+    """One UTC day's rollup rows (on PostgreSQL summed over their slots) beside the log's
+    count of the same keys: what a recount compares before it repairs. Each backend
+    subclasses it with the statements that write the log's numbers over the rollup."""
+
+    counted: dict[str, int]  # per type: the log
+    stored: dict[str, int]  # per type: the daily rollup
+    counted_quarters: dict[tuple[int, str], int]  # per (bucket, type): the log
+    stored_quarters: dict[tuple[int, str], int]  # per (bucket, type): the rollup
+
+    @property
+    def quarters_differing(self) -> int:
+        keys = self.counted_quarters.keys() | self.stored_quarters.keys()
+        return sum(self.counted_quarters.get(k) != self.stored_quarters.get(k) for k in keys)
+
+    @property
+    def differs(self) -> bool:
+        return self.counted != self.stored or self.counted_quarters != self.stored_quarters
+
+    def result(self, day: str, *, repaired: bool = False, held_ms: float = 0.0) -> DayRecount:
+        return DayRecount(
+            day,
+            self.counted,
+            self.stored,
+            quarters_differing=self.quarters_differing,
+            repaired=repaired,
+            held_ms=held_ms,
+        )
+
+
 @dataclass(frozen=True)
 class AuditEntry:
     """The audit record of one erasure or retention pass. Each step of the pass adds its

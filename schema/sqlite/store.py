@@ -41,6 +41,7 @@ from schema.storage import (
     AuditEntry,
     BeforeHorizonError,
     CountPlan,
+    DayLook,
     DayRecount,
     EventRow,
     ExportFilter,
@@ -864,32 +865,8 @@ def _recount_day(conn: sqlite3.Connection, day: str, repair: bool) -> DayRecount
 
 
 @dataclass
-class _DayLook:
-    """One day's rollup rows and the log's count of the same keys."""
-
-    counted: dict[str, int]  # per type: the log
-    stored: dict[str, int]  # per type: the daily rollup
-    counted_quarters: dict[tuple[int, str], int]  # per (bucket, type): the log
-    stored_quarters: dict[tuple[int, str], int]  # per (bucket, type): the rollup
-
-    @property
-    def quarters_differing(self) -> int:
-        keys = self.counted_quarters.keys() | self.stored_quarters.keys()
-        return sum(self.counted_quarters.get(k) != self.stored_quarters.get(k) for k in keys)
-
-    @property
-    def differs(self) -> bool:
-        return self.counted != self.stored or self.counted_quarters != self.stored_quarters
-
-    def result(self, day: str, *, repaired: bool = False, held_ms: float = 0.0) -> DayRecount:
-        return DayRecount(
-            day,
-            self.counted,
-            self.stored,
-            quarters_differing=self.quarters_differing,
-            repaired=repaired,
-            held_ms=held_ms,
-        )
+class _DayLook(DayLook):
+    """``DayLook`` with SQLite's repair."""
 
     def repair(self, conn: sqlite3.Connection, day: str) -> None:
         """Write the log's numbers over the day's rollup rows (in the caller's transaction)."""

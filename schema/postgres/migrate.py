@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from pathlib import Path
 
 import asyncpg
 
+from schema.migration_files import numbered
 from schema.postgres import locks
 from schema.postgres.lifecycle import POSITIONS_PER_TRANSACTION
 from schema.storage import SchemaTooNewError
@@ -23,7 +23,6 @@ from schema.storage import SchemaTooNewError
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-_NAME = re.compile(r"(\d{4})_[a-z0-9_]+\.sql", re.ASCII)  # fullmatch only
 
 CREATE_VERSIONS_SQL = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -37,15 +36,7 @@ RECORD_VERSION_SQL = "INSERT INTO schema_migrations (version, name) VALUES ($1, 
 
 
 def migrations() -> list[tuple[int, Path]]:
-    found = []
-    for path in sorted(MIGRATIONS_DIR.iterdir()):
-        match = _NAME.fullmatch(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    numbers = [n for n, _ in found]
-    if numbers != list(range(1, len(numbers) + 1)):
-        raise RuntimeError(f"migrations must be numbered 1..N without gaps, found {numbers}")
-    return found
+    return numbered(MIGRATIONS_DIR)
 
 
 def latest_version() -> int:

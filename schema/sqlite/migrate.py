@@ -6,28 +6,19 @@ with the new version number, so a failed migration leaves the database as it was
 from __future__ import annotations
 
 import logging
-import re
 import sqlite3
 from pathlib import Path
 
+from schema.migration_files import numbered
 from schema.storage import SchemaTooNewError
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-_NAME = re.compile(r"(\d{4})_[a-z0-9_]+\.sql", re.ASCII)  # fullmatch only
 
 
 def migrations() -> list[tuple[int, Path]]:
-    found = []
-    for path in sorted(MIGRATIONS_DIR.iterdir()):
-        match = _NAME.fullmatch(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    numbers = [n for n, _ in found]
-    if numbers != list(range(1, len(numbers) + 1)):
-        raise RuntimeError(f"migrations must be numbered 1..N without gaps, found {numbers}")
-    return found
+    return numbered(MIGRATIONS_DIR)
 
 
 def latest_version() -> int:

@@ -15,12 +15,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from app.config import Config
-from app.keys import RUNNER, STORE
+from app.keys import RUNNER
 from rollup.erasure import MOST_STEP
 from rollup.steps import TARGET_MS, StepSize
-from schema.storage import WriteGroup
 from tests.databases import Database, connect
-from tests.helpers import assert_problem, view
+from tests.helpers import append, assert_problem, view
 from tests.lifecycle_support import (
     AUTH,
     TOKEN,
@@ -47,10 +46,6 @@ def db(admin: TestClient, config: Config) -> Iterator[Database]:
     conn = connect(config.db)
     yield conn
     conn.close()
-
-
-async def append(client: TestClient, rows) -> None:  # type: ignore[no-untyped-def]
-    await client.server.app[STORE].append([WriteGroup(rows)])
 
 
 async def erase(client: TestClient, user_id: str) -> dict:

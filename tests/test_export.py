@@ -16,10 +16,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from app.config import Config
-from app.keys import STORE
-from schema.storage import WriteGroup
 from tests.databases import Database, connect
-from tests.helpers import assert_problem, view
+from tests.helpers import append, assert_problem, view
 from tests.lifecycle_support import AUTH, TOKEN, event, spread
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,10 +33,6 @@ def db(admin: TestClient, config: Config) -> Iterator[Database]:
     conn = connect(config.db)
     yield conn
     conn.close()
-
-
-async def append(client: TestClient, rows) -> None:  # type: ignore[no-untyped-def]
-    await client.server.app[STORE].append([WriteGroup(rows)])
 
 
 async def export(client: TestClient, **params: str) -> tuple[str, list, str]:

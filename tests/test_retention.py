@@ -16,10 +16,9 @@ from aiohttp.test_utils import TestClient
 
 from app.config import Config
 from app.keys import RUNNER, STORE
-from schema.storage import WriteGroup
 from schema.timestamps import now
 from tests.databases import Database, connect
-from tests.helpers import assert_problem, view
+from tests.helpers import append, assert_problem, view
 from tests.lifecycle_support import (
     AUTH,
     TOKEN,
@@ -45,10 +44,6 @@ def db(admin: TestClient, config: Config) -> Iterator[Database]:
     conn = connect(config.db)
     yield conn
     conn.close()
-
-
-async def append(client: TestClient, rows) -> None:  # type: ignore[no-untyped-def]
-    await client.server.app[STORE].append([WriteGroup(rows)])
 
 
 async def expire(client: TestClient, before: str, **kwargs: object) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
@@ -17,10 +16,10 @@ from aiohttp.test_utils import TestClient
 from app.config import Config
 from app.keys import RUNNER, STORE
 from rollup import recount
-from schema.storage import EventRow, WriteGroup
+from schema.storage import EventRow
 from schema.timestamps import parse_day
 from tests.databases import Database, connect
-from tests.helpers import log_by_day
+from tests.helpers import append, log_by_day
 from tests.helpers import rollup_by_day as rollup
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,11 +38,6 @@ def row(event_type: str, timestamp: str) -> EventRow:
 
 def may(day: int, hour: int = 12, second: int = 0) -> str:
     return f"2025-05-{day:02d}T{hour:02d}:00:{second:02d}.000000Z"
-
-
-async def append(client: TestClient, rows: Sequence[EventRow]) -> None:
-    """Through the service's own append path, so log and rollup agree before tampering."""
-    await client.server.app[STORE].append([WriteGroup(rows)])
 
 
 @pytest.fixture

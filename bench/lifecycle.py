@@ -128,33 +128,44 @@ def _one_export(server: h.Server, fmt: str, query: str = "") -> dict[str, Any]:
     }
 
 
+def measure_exports(
+    server: h.Server, events: int, repeats: int, query: str = ""
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One warm-up export, then ``repeats`` of each format (order alternating), each
+    checked to hold ``events`` lines: the runs, and per format the median events/s and
+    the largest RSS growth."""
+    _one_export(server, "ndjson", query)  # warm: the page cache and the code paths
+    runs = []
+    for repeat in range(max(1, repeats)):
+        for fmt in ("ndjson", "csv") if repeat % 2 == 0 else ("csv", "ndjson"):
+            run = _one_export(server, fmt, query)
+            assert run["events"] == events, run
+            runs.append(run)
+            h.say(
+                f"  export {fmt} #{repeat + 1}: {run['events']:,} events in "
+                f"{run['seconds']:.2f} s = {run['events_per_s']:,}/s, RSS "
+                f"{run['rss_before_mib']} -> max {run['rss_max_mib']} MiB "
+                f"(+{run['rss_growth_mib']})"
+            )
+    summary = {
+        fmt: {
+            "events_per_s": h.median([r["events_per_s"] for r in runs if r["format"] == fmt]),
+            "events_per_s_all": [r["events_per_s"] for r in runs if r["format"] == fmt],
+            "rss_growth_mib_max": max(r["rss_growth_mib"] for r in runs if r["format"] == fmt),
+        }
+        for fmt in ("ndjson", "csv")
+    }
+    return runs, summary
+
+
 def bench_export(s: h.Settings) -> dict[str, Any]:
     from run import query_db
 
     db, _ = query_db(1_000_000)
     (events,) = sqlite3.connect(db).execute("SELECT COUNT(*) FROM events").fetchone()
-    runs = []
     with h.service("export", db, extra=["--admin-token", TOKEN]) as server:
-        _one_export(server, "ndjson")  # warm: the page cache and the code paths
-        for repeat in range(max(1, s.repeats)):
-            for fmt in ("ndjson", "csv") if repeat % 2 == 0 else ("csv", "ndjson"):
-                run = _one_export(server, fmt)
-                assert run["events"] == events, run
-                runs.append(run)
-                h.say(
-                    f"  export {fmt} #{repeat + 1}: {run['events']:,} events in "
-                    f"{run['seconds']:.2f} s = {run['events_per_s']:,}/s, RSS "
-                    f"{run['rss_before_mib']} -> max {run['rss_max_mib']} MiB "
-                    f"(+{run['rss_growth_mib']})"
-                )
+        runs, summary = measure_exports(server, events, s.repeats)
         peak = server.rss()
-    summary = {
-        fmt: {
-            "events_per_s": h.median([r["events_per_s"] for r in runs if r["format"] == fmt]),
-            "rss_growth_mib_max": max(r["rss_growth_mib"] for r in runs if r["format"] == fmt),
-        }
-        for fmt in ("ndjson", "csv")
-    }
     return {
         "events": events,
         "command": "GET /admin/export?format=ndjson|csv (whole log), bench/lifecycle.py",

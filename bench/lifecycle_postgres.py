@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import asyncpg
 import harness as h
-from lifecycle import HEAVY, TOKEN, _one_export
+from lifecycle import HEAVY, TOKEN, measure_exports
 
 from rollup import erasure
 from schema.backends import open_storage
@@ -164,29 +164,9 @@ def _export_range(url: str) -> tuple[str, int]:
 def bench_export(url: str, s: h.Settings) -> dict[str, Any]:
     query, events = _export_range(url)
     h.say(f"  exporting {events:,} events ({query or 'the whole log'})")
-    runs = []
     with h.service("export-postgres", url, extra=["--admin-token", TOKEN]) as server:  # type: ignore[arg-type]
-        _one_export(server, "ndjson", query)  # warm: shared buffers, the page cache, the code paths
-        for repeat in range(max(1, s.repeats)):
-            for fmt in ("ndjson", "csv") if repeat % 2 == 0 else ("csv", "ndjson"):
-                run = _one_export(server, fmt, query)
-                assert run["events"] == events, run
-                runs.append(run)
-                h.say(
-                    f"  export {fmt} #{repeat + 1}: {run['events']:,} events in "
-                    f"{run['seconds']:.2f} s = {run['events_per_s']:,}/s, RSS "
-                    f"{run['rss_before_mib']} -> max {run['rss_max_mib']} MiB "
-                    f"(+{run['rss_growth_mib']})"
-                )
+        runs, summary = measure_exports(server, events, s.repeats, query)
         peak = server.rss()
-    summary = {
-        fmt: {
-            "events_per_s": h.median([r["events_per_s"] for r in runs if r["format"] == fmt]),
-            "events_per_s_all": [r["events_per_s"] for r in runs if r["format"] == fmt],
-            "rss_growth_mib_max": max(r["rss_growth_mib"] for r in runs if r["format"] == fmt),
-        }
-        for fmt in ("ndjson", "csv")
-    }
     return {
         "events": events,
         "log_events": _sql(url, "SELECT COUNT(*) FROM events"),

@@ -128,17 +128,8 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for workload, _, _ in WORKLOADS:
         for name, _, _ in KINDS:
             mine = [r for r in runs if r["kind"] == name and r["workload"] == workload]
-            ratios = []
-            for r in mine:
-                base = [
-                    b
-                    for b in runs
-                    if b["kind"] == "before"
-                    and b["workload"] == workload
-                    and b["repeat"] == r["repeat"]
-                ]
-                if base and base[0]["events_per_s"]:
-                    ratios.append(r["events_per_s"] / base[0]["events_per_s"])
+            bases = [b for b in runs if b["kind"] == "before" and b["workload"] == workload]
+            ratios = h.ratios_within_repeats(mine, bases, "events_per_s")
             out.append(
                 {
                     "kind": name,

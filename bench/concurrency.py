@@ -192,11 +192,8 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for name, _ in KINDS:
         mine = [r for r in runs if r["kind"] == name]
-        ratios = []
-        for r in mine:
-            base = [b for b in runs if b["kind"] == "/healthz" and b["repeat"] == r["repeat"]]
-            if base and base[0]["rps"]:
-                ratios.append(r["rps"] / base[0]["rps"])
+        bases = [b for b in runs if b["kind"] == "/healthz"]
+        ratios = h.ratios_within_repeats(mine, bases, "rps")
         out.append(
             {
                 "kind": name,

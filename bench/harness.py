@@ -325,6 +325,16 @@ def wrk(
     return summary
 
 
+def ratios_within_repeats(
+    mine: list[dict[str, Any]], bases: list[dict[str, Any]], key: str
+) -> list[float]:
+    """Each run of ``mine`` divided by the run of ``bases`` from the same repeat (by the
+    figure ``key``): the ratios this bench reports, taken within a repeat because the
+    machine's speed drifts between repeats."""
+    by_repeat = {b["repeat"]: b[key] for b in bases}
+    return [r[key] / by_repeat[r["repeat"]] for r in mine if by_repeat.get(r["repeat"])]
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 

@@ -309,18 +309,12 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ]
             if not mine:
                 continue
-            ratios = []
-            for r in mine:
-                base = [
-                    b
-                    for b in runs
-                    if b["kind"] == "sqlite"
-                    and b["load"] == load
-                    and b["events_per_request"] == size
-                    and b["repeat"] == r["repeat"]
-                ]
-                if base and base[0]["events_per_s"]:
-                    ratios.append(r["events_per_s"] / base[0]["events_per_s"])
+            bases = [
+                b
+                for b in runs
+                if b["kind"] == "sqlite" and b["load"] == load and b["events_per_request"] == size
+            ]
+            ratios = h.ratios_within_repeats(mine, bases, "events_per_s")
             out.append(
                 {
                     "kind": kind,

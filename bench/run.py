@@ -211,17 +211,8 @@ def summarise_ingest(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             mine = [r for r in runs if r["kind"] == kind and r["connections"] == conns]
             if not mine:
                 continue
-            ratios = []
-            for r in mine:
-                base = [
-                    b
-                    for b in runs
-                    if b["kind"] == "baseline"
-                    and b["connections"] == conns
-                    and b["repeat"] == r["repeat"]
-                ]
-                if base and base[0]["rps"]:
-                    ratios.append(r["rps"] / base[0]["rps"])
+            bases = [b for b in runs if b["kind"] == "baseline" and b["connections"] == conns]
+            ratios = h.ratios_within_repeats(mine, bases, "rps")
             pcts = {
                 p: h.median([r["latency_us"]["percentiles"][p] / 1000 for r in mine])
                 for p in mine[0]["latency_us"]["percentiles"]

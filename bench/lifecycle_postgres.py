@@ -47,13 +47,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import asyncpg
 import harness as h
 from lifecycle import HEAVY, TOKEN, measure_exports
+from run import generate
 
 from rollup import erasure
 from schema.backends import open_storage
 from tests.postgres_cluster import postgres_cluster
 
 SECTION = "lifecycle_postgres"
-GEN_START, GEN_END, GEN_SEED = "2025-01-01", "2025-12-31", "1"  # as bench/run.py
 RETENTION_BEFORE = "2025-07-02"
 CLUSTER_SETTINGS = {
     "shared_buffers": "1GB",  # a quarter of a small server's memory
@@ -92,26 +92,8 @@ def load(url: str, count: int) -> dict[str, Any]:
     if have:
         h.say(f"  {have:,} events already there: not loading")
         return {"events": have, "loaded": False}
-    argv = [
-        h.PY,
-        "generate_events.py",
-        "--count",
-        str(count),
-        "--db",
-        url,
-        "--seed",
-        GEN_SEED,
-        "--start",
-        GEN_START,
-        "--end",
-        GEN_END,
-        "--no-progress",
-    ]
-    began = time.perf_counter()
-    out = subprocess.run(argv, cwd=h.ROOT, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - began
-    if out.returncode != 0:
-        raise RuntimeError(f"generate_events.py failed:\n{out.stdout}\n{out.stderr}")
+    generated = generate(url, count)
+    seconds = generated["seconds"]
     h.say(f"  generated {count:,} events in {seconds:.0f} s ({count / seconds:,.0f}/s)")
     began = time.perf_counter()
     _sql(url, "VACUUM ANALYZE")
@@ -121,7 +103,7 @@ def load(url: str, count: int) -> dict[str, Any]:
     return {
         "events": count,
         "loaded": True,
-        "command": "python " + " ".join(argv[1:]).replace(url, "<url>"),
+        "command": generated["command"].replace(url, "<url>"),
         "generate_seconds": round(seconds, 1),
         "events_per_s": round(count / seconds),
         "vacuum_analyze_seconds": round(vacuum, 1),

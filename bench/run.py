@@ -374,9 +374,11 @@ def bench_batch(s: h.Settings) -> dict[str, Any]:
 # --- generator and the query databases ---------------------------------------------------
 
 
-def generate(db: Path, count: int) -> dict[str, Any]:
-    """Run generate_events.py into ``db`` (replaced); returns its command and seconds."""
-    h.remove_db(db)
+def generate(db: Path | str, count: int) -> dict[str, Any]:
+    """Run generate_events.py into ``db``, a SQLite file (replaced) or a PostgreSQL URL;
+    returns its command and seconds."""
+    if isinstance(db, Path):
+        h.remove_db(db)
     argv = [
         h.PY,
         "generate_events.py",

@@ -47,6 +47,22 @@ def _authorize(request: web.Request) -> RollupRunner:
     return runner
 
 
+def _json_object(request: web.Request, raw: bytes) -> dict[str, Any]:
+    """An admin body: ``application/json`` (else 415) holding one JSON object, parsed
+    strictly (``{"user_id": "a", "user_id": "b"}``: whose? a 400; see schema.strict_json)."""
+    if request.content_type != "application/json":
+        raise Problem(415, "the body must be application/json")
+    try:
+        body: Any = strict_json.loads(raw)
+    except strict_json.JSONDecodeError:
+        raise bad_request([{"field": "body", "message": "is not valid JSON"}]) from None
+    except strict_json.AmbiguousJSONError as exc:
+        raise bad_request(exc.errors) from None
+    if not isinstance(body, dict):
+        raise bad_request([{"field": "body", "message": "must be a JSON object"}])
+    return body
+
+
 async def _options(request: web.Request) -> tuple[date | None, date | None, bool]:
     """``(start, end, dry_run)`` from the optional JSON body; 400 lists every problem."""
     if request.query:
@@ -59,16 +75,7 @@ async def _options(request: web.Request) -> tuple[date | None, date | None, bool
     raw = await read_body(request, MAX_BODY_BYTES)
     if not raw:  # no body: the defaults (whitespace alone is not JSON: a 400 below)
         return None, None, False
-    if request.content_type != "application/json":
-        raise Problem(415, "the body must be application/json")
-    try:
-        body: Any = strict_json.loads(raw)
-    except strict_json.JSONDecodeError:
-        raise bad_request([{"field": "body", "message": "is not valid JSON"}]) from None
-    except strict_json.AmbiguousJSONError as exc:
-        raise bad_request(exc.errors) from None
-    if not isinstance(body, dict):
-        raise bad_request([{"field": "body", "message": "must be a JSON object"}])
+    body = _json_object(request, raw)
 
     errors = [
         {"field": name, "message": f"is not an allowed field (allowed: {', '.join(FIELDS)})"}
@@ -135,17 +142,7 @@ async def erase(request: web.Request) -> web.Response:
         raise bad_request(
             [{"field": name, "message": "is not a known parameter"} for name in request.query]
         )
-    raw = await read_body(request, MAX_BODY_BYTES)
-    if request.content_type != "application/json":
-        raise Problem(415, "the body must be application/json")
-    try:
-        body: Any = strict_json.loads(raw)  # {"user_id": "a", "user_id": "b"}: whose? a 400
-    except strict_json.JSONDecodeError:
-        raise bad_request([{"field": "body", "message": "is not valid JSON"}]) from None
-    except strict_json.AmbiguousJSONError as exc:
-        raise bad_request(exc.errors) from None
-    if not isinstance(body, dict):
-        raise bad_request([{"field": "body", "message": "must be a JSON object"}])
+    body = _json_object(request, await read_body(request, MAX_BODY_BYTES))
     user_id = ErasureRequest.model_validate(body).user_id  # ValidationError: a 400
     try:
         result = await runner.erase(user_id)

@@ -157,31 +157,12 @@ class RollupRunner:
     async def reconcile_job(self) -> None:
         """The scheduled job: never raises (a failure is logged and shown in status)."""
         self.scheduled_runs += 1
-        try:
-            await self.run("reconcile", trigger="schedule")
-        except RunnerClosedError:
-            pass
-        except PassBusyError:
-            log.info("scheduled rollup reconcile skipped: another instance is running a pass")
-        except asyncio.CancelledError:
-            # The scheduler was shut down (the service is draining) while this pass ran:
-            # the pass itself is shielded, ends after its current day, and close() waits.
-            log.info("scheduled rollup reconcile: the scheduler stopped during the pass")
-        except Exception:
-            log.exception("scheduled rollup reconcile failed")
+        await _scheduled("rollup reconcile", self.run("reconcile", trigger="schedule"))
 
     async def retention_job(self) -> None:
         """The scheduled retention pass: never raises (a failure is logged and shown)."""
-        try:
-            await self.expire(retention.cutoff(self.config.retention_days), trigger="schedule")
-        except RunnerClosedError:
-            pass
-        except PassBusyError:
-            log.info("scheduled retention pass skipped: another instance is running a pass")
-        except asyncio.CancelledError:
-            log.info("scheduled retention pass: the scheduler stopped during the pass")
-        except Exception:
-            log.exception("scheduled retention pass failed")
+        cutoff = retention.cutoff(self.config.retention_days)
+        await _scheduled("retention pass", self.expire(cutoff, trigger="schedule"))
 
     def next_run_at(self, job_id: str = JOB_ID) -> str | None:
         if self._scheduler is None or not self._scheduler.running:
@@ -257,3 +238,19 @@ class RollupRunner:
             await asyncio.wait([current])
         if current is not None and current.done() and not current.cancelled():
             current.exception()  # retrieved, so asyncio does not warn about it
+
+
+async def _scheduled(name: str, job: Awaitable[object]) -> None:
+    """Run a scheduled pass; never raise (a failure is logged, and shown in status)."""
+    try:
+        await job
+    except RunnerClosedError:
+        pass
+    except PassBusyError:
+        log.info("scheduled %s skipped: another instance is running a pass", name)
+    except asyncio.CancelledError:
+        # The scheduler was shut down (the service is draining) while this pass ran:
+        # the pass itself is shielded, ends after its current step, and close() waits.
+        log.info("scheduled %s: the scheduler stopped during the pass", name)
+    except Exception:
+        log.exception("scheduled %s failed", name)
